@@ -1,0 +1,37 @@
+"""Test setup: GPU/TensorRT tests skip with a reason, or fail under KOMPAKT_REQUIRE_GPU=1."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # a broken CUDA install counts as no CUDA
+        return False
+
+
+def missing_accelerator(keywords: object) -> str | None:
+    """Why a test with these markers cannot run here, or None when it can."""
+    if "tensorrt" in keywords and (
+        importlib.util.find_spec("tensorrt") is None or not _cuda_available()
+    ):
+        return "needs the tensorrt package and a CUDA GPU (pip install 'kompakt[gpu]')"
+    if "gpu" in keywords and not _cuda_available():
+        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = missing_accelerator(item.keywords)
+    if reason is None:
+        return
+    if os.environ.get("KOMPAKT_REQUIRE_GPU") == "1":
+        pytest.fail(f"KOMPAKT_REQUIRE_GPU=1 but this test {reason}")
+    pytest.skip(reason)
