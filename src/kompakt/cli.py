@@ -97,6 +97,157 @@ def tt_plan_command(
         click.echo(f"{key:<22} {value}")
 
 
+def _read_toml(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _merge_config(ctx: click.Context, section: str, fields: set[str]) -> dict:
+    """CLI values, over the TOML file's `[section]` (or top-level) keys, over the defaults."""
+    from click.core import ParameterSource
+
+    params = dict(ctx.params)
+    config_file = _read_toml(params.pop("config", None))
+    file_values = config_file.get(section, config_file)
+    unknown = set(file_values) - fields
+    if unknown:
+        raise ConfigError(
+            f"unknown keys in the config file: {sorted(unknown)}; valid: {sorted(fields)}"
+        )
+    merged = {}
+    for name in fields:
+        explicit = ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        if name in file_values and not explicit:
+            merged[name] = file_values[name]
+        elif name in params:
+            merged[name] = params[name]
+    return merged
+
+
+def _parse_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Datasets: embedded real data, file formats, synthetic."""
+
+
+@data_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def data_list(as_json: bool) -> None:
+    """List the registered datasets."""
+    from kompakt.data import DATASETS
+
+    _print_registry(DATASETS, as_json)
+
+
+@cli.group("models")
+def models_group() -> None:
+    """The model zoo."""
+
+
+@models_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool) -> None:
+    """List the registered models."""
+    from kompakt.models import MODELS
+
+    _print_registry(MODELS, as_json)
+
+
+def _print_registry(registry, as_json: bool) -> None:
+    rows = {name: registry.help(name) for name in registry.names()}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(map(len, rows))
+    for name, text in rows.items():
+        click.echo(f"{name:<{width}}  {text}")
+
+
+@cli.command("train")
+@click.option("--model", default="lenet5", show_default=True, help="A name from `models list`.")
+@click.option("--data", default="digits", show_default=True, help="A name from `data list`.")
+@click.option("--data-root", default=None, help="Directory for file-based datasets.")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--out", default="runs/train", show_default=True, help="Output directory.")
+@click.option("--compress", default=None, help="e.g. tt:ranks=8, tt:eps=0.1, meta:groups=4")
+@click.option("--init-from", default=None, help="Start from this checkpoint's model and weights.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, default=None, help="Default 0.05 (sgd) / 1e-3 (adam).")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "step", "none"]), default="cosine",
+              show_default=True)  # fmt: skip
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--augment/--no-augment", default=None, help="Default: on for 32x32 RGB.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--nproc", default=1, show_default=True, type=int, help="DDP processes.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Extra model builder argument (repeatable), e.g. width=0.25.")  # fmt: skip
+@click.option("--quiet", is_flag=True)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def train_command(ctx: click.Context, **_: object) -> None:
+    """Train a zoo model (optionally compressed) and write checkpoints and metrics."""
+    from dataclasses import fields
+
+    from kompakt.train import TrainConfig, fit
+
+    names = {f.name for f in fields(TrainConfig)} | {"model_args"}
+    values = _merge_config(ctx, "train", names)
+    model_kwargs = {}
+    for item in values.pop("model_args", ()) or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        model_kwargs[key] = _parse_value(value)
+    values["model_kwargs"] = {**values.get("model_kwargs", {}), **model_kwargs}
+    result = fit(TrainConfig(**values))
+    if ctx.params.get("as_json"):
+        click.echo(json.dumps(result, indent=2))
+    else:
+        test = ", ".join(f"{k}={v:.4f}" for k, v in result.get("test", {}).items())
+        click.echo(f"done: {result.get('params')} parameters; test {test}; checkpoints in "
+                   f"{result.get('out')}")  # fmt: skip
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def inspect_command(path: str, as_json: bool) -> None:
+    """Per-layer table: output shape, parameters, multiply-adds, activation memory."""
+    from kompakt.inspect import format_inspection, inspect_model
+    from kompakt.train import load_checkpoint, model_from_checkpoint
+
+    if path.endswith(".onnx"):
+        from kompakt.inspect import inspect_onnx
+
+        report = inspect_onnx(path)
+    else:
+        ckpt = load_checkpoint(path)
+        report = inspect_model(model_from_checkpoint(ckpt), tuple(ckpt["data"]["input_shape"]))
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="kompakt")

@@ -1,0 +1,252 @@
+"""Compression surgery on any nn.Module: replace Linear / Conv2d layers by compressed twins.
+
+`compress_(model, config, filter_fn)` is how a user compresses their *own* trained model; the
+replaced layers are recorded by `layer_specs(model)` so a checkpoint can rebuild the exact
+architecture from the registries (`apply_layer_specs_`) without pickling code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kompakt.errors import ConfigError
+from kompakt.layers import LAYERS, MetaHead, TTConv2d, TTLinear
+
+
+@dataclass(frozen=True)
+class TTConfig:
+    """Replace Linear / Conv2d layers by TTLinear / TTConv2d initialised by TT-SVD.
+
+    Args:
+        ranks: rank cap (int) or exact ranks; with `eps` None and ranks None the cap is 8.
+        eps: relative Frobenius error bound of each layer's TT-SVD.
+        in_modes, out_modes: factorisations, used only for layers whose sizes they fit.
+        conv_variant: "tt" (Garipov) or "naive".
+    """
+
+    ranks: int | tuple[int, ...] | None = None
+    eps: float | None = None
+    in_modes: tuple[int, ...] | None = None
+    out_modes: tuple[int, ...] | None = None
+    conv_variant: str = "tt"
+
+
+@dataclass(frozen=True)
+class MetaHeadConfig:
+    """Replace Linear layers by MetaHead (G small FCs -> Meta(G, M))."""
+
+    groups: int
+    meta_out: int | None = None
+    dropout: float = 0.0
+
+
+@dataclass
+class CompressionReport:
+    """Per replaced layer: old / new parameters and the relative weight error."""
+
+    layers: list[dict] = field(default_factory=list)
+
+    @property
+    def params_before(self) -> int:
+        return sum(row["params_before"] for row in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(row["params_after"] for row in self.layers)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<28} {'kind':<12} {'params':>10} {'->':>2} {'new':>9} {'rel err':>8}"]
+        for row in self.layers:
+            lines.append(
+                f"{row['name']:<28} {row['kind']:<12} {row['params_before']:>10} -> "
+                f"{row['params_after']:>9} {row['rel_error']:>8.4f}"
+            )
+        lines.append(
+            f"{len(self.layers)} layers replaced: {self.params_before} -> {self.params_after}"
+        )
+        return "\n".join(lines)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _rel_error(new: torch.Tensor, old: torch.Tensor) -> float:
+    return (torch.linalg.norm(new - old) / torch.linalg.norm(old).clamp_min(1e-30)).item()
+
+
+def _fits(modes: tuple[int, ...] | None, size: int) -> tuple[int, ...] | None:
+    if modes is None:
+        return None
+    product = 1
+    for m in modes:
+        product *= m
+    return tuple(modes) if product == size else None
+
+
+def _tt_replacement(module: nn.Module, config: TTConfig) -> tuple[nn.Module, float] | None:
+    ranks = config.ranks if (config.ranks is not None or config.eps is not None) else 8
+    if isinstance(module, nn.Linear):
+        in_modes = _fits(config.in_modes, module.in_features)
+        out_modes = _fits(config.out_modes, module.out_features)
+        if (in_modes is None) != (out_modes is None):
+            in_modes = out_modes = None
+        new = TTLinear.from_dense(module, ranks, config.eps, in_modes, out_modes)
+        return new, _rel_error(new.weight_dense(), module.weight.detach())
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 or isinstance(module.padding, str) or module.in_channels < 4:
+            return None
+        new = TTConv2d.from_dense(module, ranks, config.eps, variant=config.conv_variant)
+        return new, _rel_error(new.kernel(), module.weight.detach())
+    return None
+
+
+def _meta_replacement(module: nn.Module, config: MetaHeadConfig) -> tuple[nn.Module, float] | None:
+    if not isinstance(module, nn.Linear):
+        return None
+    groups, meta_out = config.groups, config.meta_out or config.groups
+    if module.in_features % groups or module.out_features % meta_out:
+        return None
+    weight = module.weight.detach()
+    new = MetaHead(
+        module.in_features,
+        module.out_features,
+        groups,
+        meta_out,
+        config.dropout,
+        bias=module.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    if meta_out == groups:
+        # Start from the block diagonal of the trained weight, with Meta as the identity.
+        g_in, g_out = new.grouped.group_in, new.grouped.group_out
+        with torch.no_grad():
+            for g in range(groups):
+                block = weight[g * g_out : (g + 1) * g_out, g * g_in : (g + 1) * g_in]
+                new.grouped.weight[g].copy_(block.t())
+                if module.bias is not None:
+                    new.grouped.bias[g].copy_(module.bias[g * g_out : (g + 1) * g_out])
+            new.meta.weight.copy_(torch.eye(groups, dtype=weight.dtype))
+    return new, _rel_error(new.to_dense().weight.detach(), weight)
+
+
+def default_filter(name: str, module: nn.Module) -> bool:
+    """Every Linear / Conv2d (the gain check in `compress_` drops those that would not shrink)."""
+    return isinstance(module, nn.Linear | nn.Conv2d)
+
+
+def compress_(
+    model: nn.Module,
+    config: TTConfig | MetaHeadConfig,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> CompressionReport:
+    """Replace, in place, the Linear / Conv2d layers `filter_fn` selects by compressed twins.
+
+    With the default filter a layer is replaced only if the twin has at most 90 % of its
+    parameters; a user's `filter_fn` is obeyed as given.
+
+    Returns:
+        a CompressionReport (per layer: old / new parameters, relative weight error).
+    """
+    if not isinstance(config, TTConfig | MetaHeadConfig):
+        raise ConfigError(
+            f"config must be a TTConfig or MetaHeadConfig, got {type(config).__name__}"
+        )
+    select = filter_fn or default_filter
+    build = _tt_replacement if isinstance(config, TTConfig) else _meta_replacement
+    report = CompressionReport()
+    targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+    for name, module in targets:
+        result = build(module, config)
+        if result is None:
+            continue
+        new, error = result
+        if filter_fn is None and _params(new) > 0.9 * _params(module):
+            continue
+        new.train(module.training)
+        _set_submodule(model, name, new)
+        report.layers.append({
+            "name": name,
+            "kind": LAYERS_BY_TYPE[type(new)],
+            "params_before": _params(module),
+            "params_after": _params(new),
+            "rel_error": error,
+        })  # fmt: skip
+    return report
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+LAYERS_BY_TYPE = {LAYERS.get(name): name for name in LAYERS.names()}
+
+
+def _init_args(module: nn.Module) -> dict:
+    if isinstance(module, TTLinear):
+        return {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "in_modes": list(module.in_modes),
+            "out_modes": list(module.out_modes),
+            "ranks": list(module.ranks[1:-1]),
+            "bias": module.bias is not None,
+        }
+    if isinstance(module, TTConv2d):
+        args = {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding),
+            "dilation": list(module.dilation),
+            "ranks": list(module.ranks[1:-1]),
+            "bias": module.bias is not None,
+            "variant": module.variant,
+            "forward_mode": module.forward_mode,
+        }
+        if module.variant == "tt":
+            args.update(in_modes=list(module.in_modes), out_modes=list(module.out_modes))
+        return args
+    if isinstance(module, MetaHead):
+        return {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "groups": module.groups,
+            "meta_out": module.meta_out,
+            "dropout": module.dropout.p,
+            "bias": module.grouped.bias is not None,
+        }
+    raise ConfigError(f"no constructor record for {type(module).__name__}")
+
+
+def layer_specs(model: nn.Module, since: dict | None = None) -> list[dict]:
+    """Records of every TT / MetaHead layer in `model`: {"name", "type", "args"}.
+
+    Layers the model's own builder creates are recorded too; rebuilding applies them over the
+    fresh model, which is a no-op for those.
+    """
+    return [
+        {"name": name, "type": LAYERS_BY_TYPE[type(module)], "args": _init_args(module)}
+        for name, module in model.named_modules()
+        if name and isinstance(module, TTLinear | TTConv2d | MetaHead)
+    ]
+
+
+def apply_layer_specs_(model: nn.Module, specs: list[dict]) -> nn.Module:
+    """Rebuild recorded layers in place (fresh parameters; load the state_dict afterwards)."""
+    for spec in specs:
+        try:
+            cls = LAYERS.get(spec["type"])
+            model.get_submodule(spec["name"])
+            _set_submodule(model, spec["name"], cls(**spec["args"]))
+        except (KeyError, AttributeError, TypeError) as error:
+            raise ConfigError(f"cannot rebuild layer {spec.get('name')!r}: {error}") from None
+    return model

@@ -1,0 +1,384 @@
+"""`fit`: train a zoo model on a registered dataset, with exact resume and optional DDP.
+
+Determinism: every epoch reseeds its shuffling, augmentation and dropout from (seed, epoch), and
+checkpoints are written at epoch ends, so a run killed at any point and resumed from `last.pt`
+ends with the same weights as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from kompakt.data import DataSplits, load_dataset
+from kompakt.errors import ConfigError, KompaktError
+from kompakt.models import MetaHeadConfig, TTConfig, build_model, compress_, layer_specs
+from kompakt.train.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+)
+
+
+class TrainingDivergedError(KompaktError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `kompakt train` takes; field names equal the CLI option names."""
+
+    model: str = "lenet5"
+    data: str = "digits"
+    epochs: int = 10
+    out: str = "runs/train"
+    data_root: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    compress: str | None = None  # "tt:ranks=8", "tt:eps=0.1", "meta:groups=4"
+    init_from: str | None = None
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float | None = None  # default 0.05 (sgd) / 1e-3 (adam)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | none
+    label_smoothing: float = 0.0
+    augment: bool | None = None  # default: crop + flip for 32x32 RGB
+    batch_size: int = 64
+    seed: int = 0
+    resume: bool = False
+    nproc: int = 1
+    quiet: bool = False
+
+
+def parse_compress(text: str) -> TTConfig | MetaHeadConfig:
+    """'tt:ranks=8', 'tt:eps=0.1,ranks=16', 'meta:groups=4,meta_out=2' -> a config object."""
+    kind, _, rest = text.partition(":")
+    values: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--compress expects key=value pairs after 'kind:', got {item!r}")
+        values[key.strip()] = float(value) if key.strip() in ("eps", "dropout") else int(value)
+    try:
+        if kind == "tt":
+            return TTConfig(**values)
+        if kind == "meta":
+            return MetaHeadConfig(**values)
+    except TypeError as error:
+        raise ConfigError(f"--compress {text!r}: {error}") from None
+    raise ConfigError(f"--compress must start with 'tt:' or 'meta:', got {text!r}")
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (4-pixel zero padding) and horizontal flip, from `gen` only."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
+
+
+def _loss(task: str, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if task == "regression":
+        return F.mse_loss(logits.reshape(-1), y)
+    return F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch: int = 256
+) -> dict:
+    """Loss and accuracy (classification) or RMSE (regression) on one split."""
+    was_training = model.training
+    model.eval()
+    total, correct, squared = 0.0, 0, 0.0
+    for start in range(0, len(x), batch):
+        out = model(x[start : start + batch])
+        target = y[start : start + batch]
+        total += _loss(task, out, target, 0.0).item() * len(target)
+        if task == "regression":
+            squared += ((out.reshape(-1) - target) ** 2).sum().item()
+        else:
+            correct += (out.argmax(1) == target).sum().item()
+    model.train(was_training)
+    n = max(len(x), 1)
+    metrics = {"loss": total / n}
+    if task == "regression":
+        metrics["rmse"] = math.sqrt(squared / n)
+    else:
+        metrics["accuracy"] = correct / n
+    return metrics
+
+
+def _score(metrics: dict) -> float:
+    """Higher is better: accuracy, or -RMSE for regression."""
+    return metrics["accuracy"] if "accuracy" in metrics else -metrics["rmse"]
+
+
+def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str | None]:
+    info = data.info
+    report = None
+    if config.init_from:
+        ckpt = load_checkpoint(config.init_from)
+        model = model_from_checkpoint(ckpt).train()
+        spec = dict(ckpt["model"])
+        kwargs = spec.get("kwargs", {})
+        if kwargs.get("num_classes") not in (None, info.num_classes):
+            raise ConfigError(
+                f"--init-from model has {kwargs['num_classes']} outputs but {info.name} has "
+                f"{info.num_classes} classes"
+            )
+    else:
+        c, h, _ = info.input_shape
+        kwargs = {"num_classes": info.num_classes, "in_channels": c, "image_size": h,
+                  **config.model_kwargs}  # fmt: skip
+        model = build_model(config.model, **kwargs)
+        spec = {"name": config.model, "kwargs": kwargs}
+    if config.compress:
+        report = str(compress_(model, parse_compress(config.compress)))
+    spec["layers"] = layer_specs(model)
+    return model, spec, report
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr or 0.05, momentum=config.momentum,
+                               weight_decay=config.weight_decay)  # fmt: skip
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr or 1e-3,
+                                weight_decay=config.weight_decay)  # fmt: skip
+    raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, config.epochs // 3), 0.1)
+    if config.schedule == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {config.schedule!r}")
+
+
+def _validate(config: TrainConfig) -> None:
+    for name in ("epochs", "batch_size", "nproc"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.batch_size % config.nproc:
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be divisible by nproc={config.nproc} (the "
+            "global batch is split evenly across processes)"
+        )
+
+
+def fit(config: TrainConfig) -> dict:
+    """Train per `config`; writes last.pt, best.pt and metrics.jsonl under `config.out`.
+
+    Returns:
+        a summary: paths, epochs run, best and final validation metrics, test metrics.
+    """
+    _validate(config)
+    if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _spawn(config)
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    return _fit(config, rank, world)
+
+
+def _fit(config: TrainConfig, rank: int, world: int) -> dict:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(config.data, root=config.data_root)
+    info = data.info
+    x_train, y_train = data.split("train")
+    augment = config.augment
+    if augment is None:
+        augment = info.input_shape[0] == 3 and info.input_shape[1] >= 32
+
+    last_path = out / "last.pt"
+    start_epoch, best = 0, -math.inf
+    resume_state = None
+    if config.resume and last_path.is_file():
+        resume_state = load_checkpoint(last_path)
+        model_spec = resume_state["model"]
+        from kompakt.models import apply_layer_specs_
+
+        model = build_model(model_spec["name"], **model_spec["kwargs"])
+        apply_layer_specs_(model, model_spec.get("layers", []))
+        model.load_state_dict(resume_state["state_dict"])
+        report = None
+        spec = model_spec
+    else:
+        torch.manual_seed(config.seed)
+        model, spec, report = _build(config, data)
+    if report and rank == 0 and not config.quiet:
+        print(report, file=sys.stderr)
+    model.train()
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer)
+    if resume_state is not None:
+        state = resume_state["train"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        _truncate_metrics(metrics_path, start_epoch)
+    kill_after = int(os.environ.get("KOMPAKT_TEST_KILL_AFTER_STEPS", "0"))  # for the kill -9 test
+    steps_done = 0
+    params = sum(p.numel() for p in model.parameters())
+    show = rank == 0 and not config.quiet and sys.stderr.isatty()
+    data_dict = {**info.to_dict(), "root": config.data_root}
+    last_val: dict = {}
+    for epoch in range(start_epoch, config.epochs):
+        start = time.perf_counter()
+        epoch_seed = config.seed * 100_003 + epoch
+        gen = torch.Generator().manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed + 1 + rank)  # dropout
+        order = torch.randperm(len(x_train), generator=gen)
+        steps = math.ceil(len(order) / config.batch_size)
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
+                   leave=False, file=sys.stderr)  # fmt: skip
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if augment:
+                xb = _augment(xb, gen)
+            xb, yb = xb[rank::world], yb[rank::world]
+            loss = _loss(info.task, net(xb), yb, config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{last_path} keeps the last good epoch. Lower --lr (now "
+                    f"{optimizer.param_groups[0]['lr']:.3g}) or check the data for NaNs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * len(yb)
+            seen += len(yb)
+            steps_done += 1
+            if show:
+                bar.set_postfix(loss=f"{running / seen:.4f}")
+            if kill_after and steps_done >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if rank != 0:
+            continue
+        last_val = evaluate(model, *data.split("val"), info.task)
+        row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
+               **{f"val_{k}": v for k, v in last_val.items()}, "lr": lr,
+               "time_s": round(time.perf_counter() - start, 3), "params": params}  # fmt: skip
+        improved = _score(last_val) > best
+        best = max(best, _score(last_val))
+        train_state = {
+            "config": _jsonable(asdict(config)),
+            "epoch": epoch + 1,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best": best,
+        }
+        ckpt = make_checkpoint(model, spec, data_dict, {"val": last_val, "epoch": epoch + 1},
+                               train_state)  # fmt: skip
+        if improved:
+            atomic_save(ckpt, out / "best.pt")
+        atomic_save(ckpt, last_path)
+        with open(metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if not config.quiet:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in row.items())  # fmt: skip
+            print(shown, file=sys.stderr)
+    if rank != 0:
+        return {}
+    if not last_val and last_path.is_file():
+        last_val = load_checkpoint(last_path)["metrics"].get("val", {})
+    test = evaluate(model, *data.split("test"), info.task)
+    return {
+        "out": str(out),
+        "last": str(last_path),
+        "best": str(out / "best.pt"),
+        "epochs": config.epochs,
+        "params": params,
+        "val": last_val,
+        "test": test,
+    }
+
+
+def _jsonable(value: object) -> object:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _truncate_metrics(path: Path, keep_epochs: int) -> None:
+    """Drop metric lines of epochs that will be re-run (after a resume)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= keep_epochs]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, config: TrainConfig, world: int, port: int, result_path: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = _fit(config, rank, world)
+        if rank == 0:
+            Path(result_path).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(config: TrainConfig) -> dict:
+    """Run `config.nproc` local processes with DistributedDataParallel (gloo on CPU)."""
+    import torch.multiprocessing as mp
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / ".ddp_result.json"
+    mp.spawn(_worker, args=(replace(config), config.nproc, _free_port(), str(result_path)),
+             nprocs=config.nproc, join=True)  # fmt: skip
+    result = json.loads(result_path.read_text())
+    result_path.unlink()
+    return result
