@@ -38,7 +38,7 @@ class MetaConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([path(x) for path in self.paths], dim=-1)  # (B, g, H, W, N)
         mixed = self.meta(stacked)  # (B, g, H, W, N)
-        b, g, h, w, n = mixed.shape
+        _, g, h, w, n = mixed.shape
         return mixed.permute(0, 4, 1, 2, 3).reshape(-1, n * g, h, w)
 
 

@@ -1,4 +1,4 @@
-"""`python -m kompakt.train ...` (and `torchrun -m kompakt.train ...`): the `kompakt train` command."""
+"""`python -m kompakt.train ...` and `torchrun -m kompakt.train ...`: `kompakt train`."""
 
 from kompakt.cli import train_command
 

@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kompakt.cli import cli
+from kompakt.errors import CheckpointError
+from kompakt.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    fit,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+
+
+def kompakt(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "kompakt.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_training_decreases_the_loss_and_writes_checkpoints(tmp_path):
+    result = fit(TrainConfig(model="mlp", data="synthetic", epochs=3, out=str(tmp_path),
+                             quiet=True, lr=0.05))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result["test"]["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["format"] == "kompakt-checkpoint/1" and ckpt["data"]["num_classes"] == 4
+    model = model_from_checkpoint(ckpt)
+    x = torch.randn(2, 1, 8, 8)
+    assert model(x).shape == (2, 4)
+
+
+def test_compressed_training_round_trips_through_the_checkpoint(tmp_path):
+    fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(tmp_path), quiet=True,
+                    compress="tt:ranks=4"))  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert any(spec["type"] == "tt-linear" for spec in ckpt["model"]["layers"])
+    model = model_from_checkpoint(ckpt)
+    state = ckpt["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def _weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
+    args = ["train", "--model", "mlp", "--data", "digits", "--epochs", "3", "--quiet",
+            "--model-arg", "hidden=[64]", "--model-arg", "dropout=0.1"]  # fmt: skip
+    full = kompakt(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    # digits: 1,257 training images / 64 = 20 steps per epoch; die in the middle of epoch 2
+    killed = kompakt(*args, "--out", str(tmp_path / "cut"),
+                     env={"KOMPAKT_TEST_KILL_AFTER_STEPS": "30"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["train"]["epoch"] == 1
+    resumed = kompakt(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tmp_path):
+    with pytest.raises(TrainingDivergedError, match="loss became nan"):
+        fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(tmp_path), quiet=True,
+                        lr=1e30, optimizer="sgd"))  # fmt: skip
+    good = tmp_path / "good"
+    fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(good), quiet=True))
+    before = _weights(good / "last.pt")
+    with pytest.raises(TrainingDivergedError):
+        fit(TrainConfig(model="mlp", data="synthetic", epochs=2, out=str(good), quiet=True,
+                        lr=1e30))  # fmt: skip
+    after = _weights(good / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tmp_path):
+    common = dict(model="mlp", data="digits", epochs=1, quiet=True, batch_size=64, seed=1,
+                  model_kwargs={"hidden": [32]})  # fmt: skip
+    fit(TrainConfig(**common, out=str(tmp_path / "one")))
+    fit(TrainConfig(**common, out=str(tmp_path / "two"), nproc=2))
+    a, b = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-3, rtol=1e-3)
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pt is not a readable kompakt checkpoint"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="expected format 'kompakt-checkpoint/1'"):
+        load_checkpoint(foreign)
+    proc = kompakt("inspect", str(bad))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["inspect"], ["data", "list"], ["models", "list"]])
+def test_cli_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_cli_train_on_digits_end_to_end_then_inspect(tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text('[train]\nmodel = "lenet5"\nepochs = 2\noptimizer = "adam"\n')
+    proc = kompakt("train", "--config", str(config), "--data", "digits", "--out",
+                   str(tmp_path / "run"), "--json", "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["epochs"] == 2 and summary["test"]["accuracy"] > 0.3
+    table = kompakt("inspect", str(tmp_path / "run" / "best.pt"))
+    assert table.returncode == 0 and "features.0" in table.stdout and "total:" in table.stdout
+
+
+def test_config_file_with_unknown_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("epochz = 3\n")
+    proc = kompakt("train", "--config", str(config), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "unknown keys in the config file: ['epochz']" in proc.stderr
