@@ -52,13 +52,7 @@ def layers_command(as_json: bool) -> None:
     """List the compressed layers kompakt provides."""
     from kompakt.layers import LAYERS
 
-    rows = {name: LAYERS.help(name) for name in LAYERS.names()}
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    width = max(map(len, rows))
-    for name, text in rows.items():
-        click.echo(f"{name:<{width}}  {text}")
+    _print_registry(LAYERS, as_json)
 
 
 @cli.command("tt-plan")
@@ -147,13 +141,11 @@ def data_group() -> None:
     """Datasets: embedded real data, file formats, synthetic."""
 
 
-@data_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def data_list(as_json: bool) -> None:
-    """List the registered datasets."""
-    from kompakt.data import DATASETS
-
-    _print_registry(DATASETS, as_json)
+def _add_list_command(group: click.Group, what: str, load_registry) -> None:
+    @group.command("list", help=f"List the registered {what}.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def list_command(as_json: bool) -> None:
+        _print_registry(load_registry(), as_json)
 
 
 @cli.group("models")
@@ -161,13 +153,20 @@ def models_group() -> None:
     """The model zoo."""
 
 
-@models_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def models_list(as_json: bool) -> None:
-    """List the registered models."""
+def _datasets():
+    from kompakt.data import DATASETS
+
+    return DATASETS
+
+
+def _models():
     from kompakt.models import MODELS
 
-    _print_registry(MODELS, as_json)
+    return MODELS
+
+
+_add_list_command(data_group, "datasets", _datasets)
+_add_list_command(models_group, "models", _models)
 
 
 def _print_registry(registry, as_json: bool) -> None:
