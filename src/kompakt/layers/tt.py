@@ -246,6 +246,20 @@ def tt_svd(
     return cores
 
 
+def balance_cores(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Scale the cores to equal Frobenius norms without changing the tensor they represent.
+
+    TT-SVD leaves every core orthonormal but the last, which carries the whole norm; SGD on such
+    cores updates them at very different scales. Core k is multiplied by g / ||G_k|| with g the
+    geometric mean of the norms, so the factors multiply to 1.
+    """
+    norms = [torch.linalg.norm(c) for c in cores]
+    if any(n == 0 for n in norms):
+        return list(cores)
+    g = torch.exp(torch.stack([n.log() for n in norms]).mean())
+    return [c * (g / n) for c, n in zip(cores, norms, strict=True)]
+
+
 def tt_to_full(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """Rebuild the full tensor from TT cores shaped (r_{k-1}, n_k, r_k)."""
     full = cores[0].reshape(-1, cores[0].shape[-1])

@@ -296,7 +296,7 @@ class TTConv2d(nn.Module):
             cores = tt.tt_svd(w64.permute(2, 3, 1, 0), max_rank=ranks, eps=eps)
         layer.cores = nn.ParameterList(
             nn.Parameter(core.to(device=weight.device, dtype=weight.dtype).contiguous())
-            for core in cores
+            for core in tt.balance_cores(cores)
         )
         layer.ranks = (1, *(core.shape[-1] for core in cores))
         if conv.bias is not None:

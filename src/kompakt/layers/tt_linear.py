@@ -126,7 +126,7 @@ class TTLinear(nn.Module):
         cores = tt.tt_matrix_from_dense(
             weight.double(), layer.in_modes, layer.out_modes, max_rank=ranks, eps=eps
         )
-        layer._set_cores(cores)
+        layer._set_cores(tt.balance_cores(cores))
         if linear.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias.detach())
