@@ -248,7 +248,7 @@ def _init_args(module: nn.Module) -> dict:
     raise ConfigError(f"no constructor record for {type(module).__name__}")
 
 
-def layer_specs(model: nn.Module, since: dict | None = None) -> list[dict]:
+def layer_specs(model: nn.Module) -> list[dict]:
     """Records of every TT / MetaHead layer in `model`: {"name", "type", "args"}.
 
     Layers the model's own builder creates are recorded too; rebuilding applies them over the

@@ -224,14 +224,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
     resume_state = None
     if config.resume and last_path.is_file():
         resume_state = load_checkpoint(last_path)
-        model_spec = resume_state["model"]
-        from kompakt.models import apply_layer_specs_
-
-        model = build_model(model_spec["name"], **model_spec["kwargs"])
-        apply_layer_specs_(model, model_spec.get("layers", []))
-        model.load_state_dict(resume_state["state_dict"])
-        report = None
-        spec = model_spec
+        model = model_from_checkpoint(resume_state)
+        spec, report = resume_state["model"], None
     else:
         torch.manual_seed(config.seed)
         model, spec, report = _build(config, data)
