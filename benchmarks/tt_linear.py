@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         tt = TTLinear(n_in, n_out, in_modes, out_modes, ranks=rank).eval()
         x = torch.randn(batch, n_in)
         # interleave the two so drift hits both equally: dense, tt, dense, tt
-        t_dense = [median_seconds(dense, x, args.runs // 2, args.warmup) for _ in range(2)]
-        t_tt = [median_seconds(tt, x, args.runs // 2, args.warmup) for _ in range(2)]
+        t_dense, t_tt = [], []
+        for _ in range(2):
+            t_dense.append(median_seconds(dense, x, args.runs // 2, args.warmup))
+            t_tt.append(median_seconds(tt, x, args.runs // 2, args.warmup))
         t_dense, t_tt = statistics.mean(t_dense), statistics.mean(t_tt)
         macs_ratio = (
             dense.in_features * dense.out_features * batch / (tt.flops(batch) - batch * n_out)

@@ -45,3 +45,13 @@ def test_inspect_onnx_graph(tmp_path):
     rows = {r["name"]: r for r in report["layers"]}
     assert rows["conv"]["macs"] == 4 * 4 * 4 * 2 * 9 and rows["fc"]["macs"] == 5 * 64
     assert report["total_params"] == 72 + 320 + 2
+
+
+def test_inspect_counts_meta_head_macs_exactly():
+    import torch
+
+    from kompakt.layers import MetaHead
+
+    head = MetaHead(64, 20, groups=4, meta_out=2)  # L = 10 features per output group
+    row = inspect_model(torch.nn.Sequential(torch.nn.Flatten(), head), (1, 8, 8))["layers"][-1]
+    assert row["macs"] == 64 * 10 + 10 * 4 * 2  # grouped FCs (K * L) + Meta (L * G * M)

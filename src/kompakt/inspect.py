@@ -21,8 +21,12 @@ def _macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
         return module.flops(batch, inp.shape[2], inp.shape[3])
     if isinstance(module, ChannelConv3d):
         return out.numel() * module.depth * module.kernel_size[0] * module.kernel_size[1]
-    if isinstance(module, MetaHead | GroupedLinear):
-        return sum(_linear_macs(p, inp) for p in module.parameters() if p.dim() >= 2)
+    if isinstance(module, GroupedLinear):
+        return math.prod(inp.shape[:-1]) * module.weight.numel()
+    if isinstance(module, MetaHead):
+        rows = math.prod(inp.shape[:-1])
+        grouped = rows * module.grouped.weight.numel()
+        return grouped + rows * module.group_out * module.groups * module.meta_out
     if isinstance(module, Meta):
         return out.numel() * module.n_in
     if isinstance(module, nn.Conv2d):
@@ -31,11 +35,6 @@ def _macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return out.numel() * module.in_features
     return 0
-
-
-def _linear_macs(weight: torch.Tensor, inp: torch.Tensor) -> int:
-    rows = math.prod(inp.shape[:-1])
-    return rows * weight.numel() if weight.dim() == 3 else rows * weight.shape[0] * weight.shape[1]
 
 
 def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:

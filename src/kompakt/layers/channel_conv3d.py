@@ -55,14 +55,12 @@ class ChannelConv3d(nn.Module):
         positions = in_channels - depth + 1
         if out_channels % positions:
             valid = [
-                in_channels - (out_channels // s) + 1
-                for s in range(1, out_channels + 1)
-                if out_channels % s == 0 and 1 <= in_channels - out_channels // s + 1 <= in_channels
+                u for u in range(1, in_channels + 1) if out_channels % (in_channels - u + 1) == 0
             ]
             raise ConfigError(
                 f"out_channels={out_channels} is not a multiple of in_channels - depth + 1 = "
                 f"{positions}; depths that work for {in_channels} -> {out_channels}: "
-                f"{sorted(set(valid)) or 'none'}"
+                f"{valid or 'none'}"
             )
         self.in_channels, self.out_channels, self.depth = in_channels, out_channels, depth
         self.kernel_size = _pair(kernel_size, "kernel_size")

@@ -7,6 +7,7 @@ architecture from the registries (`apply_layer_specs_`) without pickling code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,12 +85,7 @@ def _rel_error(new: torch.Tensor, old: torch.Tensor) -> float:
 
 
 def _fits(modes: tuple[int, ...] | None, size: int) -> tuple[int, ...] | None:
-    if modes is None:
-        return None
-    product = 1
-    for m in modes:
-        product *= m
-    return tuple(modes) if product == size else None
+    return tuple(modes) if modes is not None and math.prod(modes) == size else None
 
 
 def _tt_replacement(module: nn.Module, config: TTConfig) -> tuple[nn.Module, float] | None:

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -371,7 +371,7 @@ def _spawn(config: TrainConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / ".ddp_result.json"
-    mp.spawn(_worker, args=(replace(config), config.nproc, _free_port(), str(result_path)),
+    mp.spawn(_worker, args=(config, config.nproc, _free_port(), str(result_path)),
              nprocs=config.nproc, join=True)  # fmt: skip
     result = json.loads(result_path.read_text())
     result_path.unlink()
