@@ -247,6 +247,54 @@ def inspect_command(path: str, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
 
 
+@cli.command("export")
+@click.argument("ckpt", type=click.Path())
+@click.option("-o", "--output", "output", required=True, help="The .onnx file to write.")
+@click.option("--opset", default=20, show_default=True, type=click.IntRange(17, 23))
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed N.")
+@click.option("--max-batch", default=256, show_default=True, type=int)
+@click.option("--tt-mode", type=click.Choice(["auto", "factored", "dense"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--simplify", type=click.Choice(["onnxslim", "onnxsim", "none"]),
+              default="onnxslim", show_default=True)  # fmt: skip
+@click.option("--fc-to-conv", is_flag=True, help="Head as convolutions (any image size).")
+@click.option("--check/--no-check", default=True, show_default=True)
+@click.option("--rtol", default=1e-4, show_default=True, type=float)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def export_command(ctx: click.Context, ckpt: str, output: str, **_: object) -> None:
+    """Export a checkpoint to ONNX (standard ops only), verified against PyTorch."""
+    from dataclasses import fields
+
+    from kompakt.export import ExportConfig, export_onnx
+
+    values = _merge_config(ctx, "export", {f.name for f in fields(ExportConfig)})
+    batch = values.get("batch", "dynamic")
+    if batch != "dynamic":
+        try:
+            values["batch"] = int(batch)
+        except ValueError:
+            raise ConfigError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
+    report = export_onnx(ckpt, output, ExportConfig(**values))
+    click.echo(
+        json.dumps(report.to_dict(), indent=2) if ctx.params["as_json"] else report.summary()
+    )
+
+
+@cli.command("lint-trt")
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def lint_trt_command(model: str, as_json: bool) -> None:
+    """Check an ONNX graph against TensorRT's ONNX parser (no GPU needed); exit 1 on errors."""
+    from kompakt.export import lint_trt
+
+    report = lint_trt(model)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+    if not report.ok:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="kompakt")

@@ -1,0 +1,16 @@
+"""Export to ONNX (standard ops only), checks, and the static TensorRT lint."""
+
+from kompakt.export.exporter import ExportConfig, ExportError, ExportReport, export_onnx
+from kompakt.export.fc_to_conv import fc_to_conv
+from kompakt.export.trt_lint import LintIssue, LintReport, lint_trt
+
+__all__ = [
+    "ExportConfig",
+    "ExportError",
+    "ExportReport",
+    "LintIssue",
+    "LintReport",
+    "export_onnx",
+    "fc_to_conv",
+    "lint_trt",
+]

@@ -1,0 +1,510 @@
+"""`export_onnx`: a checkpoint or any nn.Module -> verified ONNX made of standard ops only.
+
+Steps: choose each factored layer's form (`tt_mode`) -> torch.export with a symbolic batch ->
+ONNX (opset 20 by default) -> constant folding that never inflates TT cores -> optional
+simplifier -> checker + shape inference -> parity against PyTorch in ONNX Runtime (and the ONNX
+reference evaluator for small graphs) -> op census -> TensorRT lint -> atomic write.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from kompakt import __version__
+from kompakt.errors import ConfigError, KompaktError
+from kompakt.export.fc_to_conv import fc_to_conv
+from kompakt.export.trt_lint import lint_trt
+from kompakt.layers import TTConv2d, TTLinear
+
+TT_MODES = ("auto", "factored", "dense")
+SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+REFERENCE_EVALUATOR_MAX_PARAMS = 2_000_000  # the pure-Python evaluator is slow beyond this
+
+
+class ExportError(KompaktError):
+    """The exported graph failed a check (parity, symbolic batch, checker)."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The options of `kompakt export`, same names.
+
+    Args:
+        opset: ONNX opset (17..23; torch's exporter targets 18+, lower is version-converted).
+        batch: "dynamic" for a symbolic batch axis, or a fixed batch size.
+        max_batch: largest batch of the dynamic axis (also the batch `auto` plans for).
+        tt_mode: "factored" keeps TT cores in the graph, "dense" materialises each TT layer as a
+            plain Gemm/Conv, "auto" picks per layer by exact multiply-adds at the target batch.
+        simplify: "onnxslim", "onnxsim" or "none".
+        fc_to_conv: rewrite the Flatten -> Linear head as convolutions (dynamic H and W).
+        check: run the checks (parity, reference evaluator, TensorRT lint).
+        rtol: parity tolerance, relative to the largest reference output magnitude.
+    """
+
+    opset: int = 20
+    batch: str | int = "dynamic"
+    max_batch: int = 256
+    tt_mode: str = "auto"
+    simplify: str = "onnxslim"
+    fc_to_conv: bool = False
+    check: bool = True
+    rtol: float = 1e-4
+
+    def validate(self) -> None:
+        if not 17 <= self.opset <= 23:
+            raise ConfigError(f"opset must be in 17..23, got {self.opset}")
+        if self.tt_mode not in TT_MODES:
+            raise ConfigError(f"tt_mode must be one of {TT_MODES}, got {self.tt_mode!r}")
+        if self.simplify not in SIMPLIFIERS:
+            raise ConfigError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
+        if self.batch != "dynamic" and not (isinstance(self.batch, int) and self.batch >= 1):
+            raise ConfigError(f"batch must be 'dynamic' or an integer >= 1, got {self.batch!r}")
+        if not isinstance(self.max_batch, int) or self.max_batch < 2:
+            raise ConfigError(f"max_batch must be an integer >= 2, got {self.max_batch!r}")
+
+    @property
+    def target_batch(self) -> int:
+        return self.batch if isinstance(self.batch, int) else self.max_batch
+
+
+@dataclass
+class ExportReport:
+    path: str
+    opset: int
+    ok: bool = True
+    input_shape: list = field(default_factory=list)
+    output_shape: list = field(default_factory=list)
+    file_bytes: int = 0
+    param_bytes: int = 0
+    op_counts: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    parity: list = field(default_factory=list)
+    reference_evaluator: dict | None = None
+    trt_lint: dict | None = None
+    export_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{k}x{v}" for k, v in sorted(self.op_counts.items()))
+        lines = [
+            f"{self.path}: opset {self.opset}, {self.file_bytes / 1024:.1f} KiB, "
+            f"input {self.input_shape} -> output {self.output_shape}",
+            f"ops: {ops}",
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"  {layer['name']}: {layer['type']} as {layer['form']} "
+                f"({layer['params']:,} params, {layer['compression']:.1f}x vs dense)"
+            )
+        for p in self.parity:
+            lines.append(
+                f"parity {p['runtime']} batch {p['batch']}: max abs {p['max_abs']:.3g}, "
+                f"max rel {p['max_rel']:.3g}, top-1 agreement {p['top1_agreement']:.3f}"
+            )
+        if self.reference_evaluator:
+            lines.append(f"onnx.reference: max abs {self.reference_evaluator['max_abs']:.3g}")
+        if self.trt_lint:
+            lint = self.trt_lint
+            lines.append(f"TensorRT lint: {lint['errors']} error(s), {lint['warnings']} warning(s)")
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+# -- tt_mode ----------------------------------------------------------------------------------
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _conv_input_hw(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Spatial input size of every TTConv2d for the example input (for the cost model)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: sizes.__setitem__(n, args[0].shape[-2:]))
+        for n, m in model.named_modules()
+        if isinstance(m, TTConv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
+
+
+def apply_tt_mode(model: nn.Module, mode: str, batch: int, example: torch.Tensor) -> list[dict]:
+    """Fix each TT layer's exported form in place; returns one record per layer.
+
+    Forms: TTLinear "factored" (core chain) or "dense" (Gemm); TTConv2d "factored" (the kernel
+    is rebuilt in-graph from the cores and fed to one Conv, so the file keeps only the cores),
+    "chain" (spatial conv + per-pixel core chain, chosen by `auto` only when it needs fewer
+    multiply-adds than the Conv) or "dense" (a plain Conv).
+    """
+    records = []
+    conv_hw = _conv_input_hw(model, example)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, TTLinear):
+            factored = module.flops(batch)
+            dense = batch * (module.in_features * module.out_features + module.out_features)
+            form = mode if mode != "auto" else ("factored" if factored <= dense else "dense")
+            macs = factored if form == "factored" else dense
+        elif isinstance(module, TTConv2d):
+            h, w = conv_hw.get(name, (1, 1))
+            costs = module.costs(batch, h, w)
+            ho, wo = module.output_hw(h, w)
+            conv = (
+                batch
+                * ho
+                * wo
+                * module.out_channels
+                * module.in_channels
+                * (module.kernel_size[0] * module.kernel_size[1])
+            )
+            if mode == "auto":
+                form = "chain" if costs.get("factored", math.inf) < conv else "dense"
+            else:
+                form = mode
+            macs = {"chain": costs.get("factored", 0), "dense": conv, "factored": costs["dense"]}[
+                form
+            ]
+        else:
+            continue
+        record = {
+            "name": name,
+            "type": type(module).__name__,
+            "form": form,
+            "params": module.core_params(),
+            "dense_params": module.dense_params(),
+            "compression": module.compression_ratio(),
+            "macs": macs,
+            "in_modes": list(module.in_modes),
+            "out_modes": list(module.out_modes),
+            "ranks": list(module.ranks),
+        }
+        if form == "dense":
+            _set_module(model, name, module.to_dense())
+        elif isinstance(module, TTConv2d):
+            module.forward_mode = "factored" if form == "chain" else "dense"
+        records.append(record)
+    return records
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def _fold_limit(model: nn.Module) -> int | None:
+    """Constant-folding output limit that keeps rebuilt TT-conv kernels out of the file.
+
+    Folding a TT core's reshape/transpose is free (same size); folding the kernel rebuild would
+    store the dense kernel. So fold only outputs no larger than the largest core.
+    """
+    convs = [m for m in model.modules() if isinstance(m, TTConv2d) and m.forward_mode != "factored"]
+    if not convs:
+        return None
+    cores = [
+        p.numel() for m in model.modules() if isinstance(m, TTLinear | TTConv2d) for p in m.cores
+    ]
+    smallest_kernel = min(m.dense_params() for m in convs)
+    return max(1024, min(max(cores), smallest_kernel - 1))
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, config: ExportConfig):
+    from torch.export import Dim
+
+    dynamic: dict[int, object] = {}
+    if config.batch == "dynamic":
+        dynamic[0] = Dim("batch", min=1, max=config.max_batch)
+    if config.fc_to_conv:
+        # Dim.AUTO: pooling makes H and W obey divisibility rules torch.export infers itself
+        dynamic[2] = Dim.AUTO
+        dynamic[3] = Dim.AUTO
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=(dynamic or None,))
+    except Exception as error:  # torch.export's errors are long; keep the first line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"torch.export could not capture the model with symbolic shapes (batch"
+            f"{', height, width' if config.fc_to_conv else ''}): {first}. Use x.shape[0] or -1 "
+            "in forward, never int(x.shape[0]) or .item()"
+        ) from None
+
+
+def _to_onnx(ep, config: ExportConfig, fold_limit: int | None) -> onnx.ModelProto:
+    import onnxscript.optimizer
+
+    # torch logs a warning per missing torchvision op on every export: not the user's concern
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            ep,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=config.opset,
+            external_data=False,
+            optimize=False,
+            verbose=False,
+        )
+    if fold_limit is None:
+        onnxscript.optimizer.optimize(program.model)
+    else:
+        onnxscript.optimizer.optimize(program.model, output_size_limit=fold_limit)
+    return program.model_proto
+
+
+def _simplify(model: onnx.ModelProto, how: str, fold_limit: int | None) -> onnx.ModelProto:
+    if how == "none":
+        return model
+    if how == "onnxslim":
+        import onnxslim
+
+        kwargs = {"size_threshold": fold_limit * 4} if fold_limit else {}
+        return onnxslim.slim(model, **kwargs)
+    import onnxsim
+
+    # onnxsim has no size limit on folding: skip it when it would rebuild TT-conv kernels
+    simplified, ok = onnxsim.simplify(model, skip_constant_folding=fold_limit is not None)
+    if not ok:
+        raise ExportError("onnxsim could not verify its simplified graph; use --simplify onnxslim")
+    return simplified
+
+
+def _rename_batch_axes(model: onnx.ModelProto, config: ExportConfig) -> None:
+    """Give the symbolic axes readable names (the exporter calls them s0, s77, ...)."""
+    names = {0: "batch", 2: "height", 3: "width"}
+    for value in [*model.graph.input, *model.graph.output]:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param and axis in names:
+                dim.dim_param = names[axis]
+
+
+def _assert_symbolic_batch(model: onnx.ModelProto) -> None:
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param:
+            raise ExportError(
+                f"{value.name}: axis 0 is fixed ({dims[0].dim_value if dims else '?'}), not "
+                "symbolic; the model baked the batch in (int(x.shape[0]) or .item() in forward?)"
+            )
+
+
+def _shape(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def _compare(reference: np.ndarray, got: np.ndarray, runtime: str, batch: int) -> dict:
+    diff = np.abs(reference.astype(np.float64) - got.astype(np.float64))
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    flat_ref = reference.reshape(reference.shape[0], reference.shape[1], -1)
+    flat_got = got.reshape(got.shape[0], got.shape[1], -1)
+    agree = float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if reference.ndim > 1 else 1.0
+    return {
+        "runtime": runtime,
+        "batch": batch,
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / scale),
+        "top1_agreement": agree,
+    }
+
+
+def _atomic_write(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if model.ByteSize() > 1_900_000_000:  # protobuf's 2 GB limit: weights go to a side file
+            onnx.save(model, tmp, save_as_external_data=True, location=f"{path.name}.data")
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _samples(ckpt: dict | None, shape: tuple[int, ...], count: int) -> torch.Tensor:
+    """Real validation samples from the checkpoint's dataset when it loads, else random."""
+    if ckpt is not None:
+        data = ckpt.get("data", {})
+        try:
+            from kompakt.data import load_dataset
+
+            x, _ = load_dataset(data["name"], root=data.get("root")).split("val")
+            if tuple(x.shape[1:]) == tuple(shape):
+                return x[:count].contiguous()
+        except Exception:  # no dataset here (user files elsewhere): random inputs still check
+            pass
+    return torch.randn(count, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(
+    model_or_ckpt: nn.Module | str | Path,
+    path: str | Path,
+    config: ExportConfig | None = None,
+    example_input: torch.Tensor | None = None,
+) -> ExportReport:
+    """Export a checkpoint or a module to ONNX, verify it, and write `path` (+ `.report.json`).
+
+    Args:
+        model_or_ckpt: a kompakt checkpoint path or any nn.Module.
+        path: the .onnx file to write.
+        config: ExportConfig (defaults when None).
+        example_input: needed for a bare module, e.g. (B, features) for a TTLinear.
+
+    Returns:
+        the ExportReport (also saved as `<path>.report.json`).
+
+    Raises:
+        ExportError: a check failed; the graph is kept as `<stem>.failed.onnx` for inspection.
+    """
+    config = config or ExportConfig()
+    config.validate()
+    path = Path(path)
+    start = time.perf_counter()
+    ckpt = None
+    if isinstance(model_or_ckpt, str | Path):
+        from kompakt.train import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(model_or_ckpt)
+        model = model_from_checkpoint(ckpt)
+        shape = tuple(ckpt["data"]["input_shape"])
+    elif isinstance(model_or_ckpt, nn.Module):
+        if example_input is None:
+            raise ConfigError("exporting a bare nn.Module needs example_input (e.g. (B, C, H, W))")
+        model = model_or_ckpt
+        shape = tuple(example_input.shape[1:])
+    else:
+        raise ConfigError(f"expected a checkpoint path or an nn.Module, got {type(model_or_ckpt)}")
+
+    model = copy.deepcopy(model).float().eval()
+    if config.fc_to_conv:
+        model = fc_to_conv(model, shape)
+    example = _samples(ckpt, shape, 2) if example_input is None else example_input.float()
+    if example.shape[0] < 2 and config.batch == "dynamic":
+        example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise
+    layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1])
+    fold_limit = _fold_limit(model)
+
+    with torch.no_grad():
+        ep = _torch_export(model, example, config)
+    onnx_model = _to_onnx(ep, config, fold_limit)
+    onnx_model = _simplify(onnx_model, config.simplify, fold_limit)
+    _rename_batch_axes(onnx_model, config)
+    meta = {
+        "kompakt_version": __version__,
+        "checkpoint_sha256": _sha256(model_or_ckpt) if ckpt is not None else "",
+        "preprocessing": json.dumps(
+            {
+                "mean": (ckpt or {}).get("data", {}).get("mean", []),
+                "std": (ckpt or {}).get("data", {}).get("std", []),
+            }
+        ),
+        "class_names": json.dumps((ckpt or {}).get("data", {}).get("class_names", [])),
+        "tt_layers": json.dumps(
+            [{k: r[k] for k in ("name", "form", "in_modes", "out_modes", "ranks")} for r in layers]
+        ),
+    }
+    onnx.helper.set_model_props(onnx_model, meta)
+
+    report = ExportReport(path=str(path), opset=config.opset, layers=layers)
+    report.input_shape = _shape(onnx_model.graph.input[0])
+    report.output_shape = _shape(onnx_model.graph.output[0])
+    report.op_counts = dict(collections.Counter(n.op_type for n in onnx_model.graph.node))
+    report.param_bytes = sum(
+        onnx.numpy_helper.to_array(t).nbytes for t in onnx_model.graph.initializer
+    )
+    failures = []
+    if config.check:
+        failures = _check(onnx_model, model, shape, ckpt, config, report)
+    target = path if not failures else path.with_name(f"{path.stem}.failed.onnx")
+    _atomic_write(onnx_model, target)
+    report.file_bytes = target.stat().st_size
+    report.ok = not failures
+    report.export_seconds = round(time.perf_counter() - start, 2)
+    report.path = str(target)
+    Path(f"{target}.report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if failures:
+        raise ExportError(f"export check failed ({'; '.join(failures)}); graph kept at {target}")
+    return report
+
+
+def _sha256(path: str | Path) -> str:
+    from kompakt.train.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def _check(
+    onnx_model: onnx.ModelProto,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    ckpt: dict | None,
+    config: ExportConfig,
+    report: ExportReport,
+) -> list[str]:
+    import onnxruntime as ort
+
+    failures = []
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        failures.append(f"onnx.checker: {str(error).splitlines()[0]}")
+    if config.batch == "dynamic":
+        try:
+            _assert_symbolic_batch(onnx_model)
+        except ExportError as error:
+            failures.append(str(error))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    batches = [1, min(8, config.max_batch)] if config.batch == "dynamic" else [config.batch]
+    samples = _samples(ckpt, shape, max(batches))
+    if len(samples) < max(batches):
+        samples = samples.repeat(math.ceil(max(batches) / len(samples)), 1, 1, 1)
+    for batch in batches:
+        x = samples[:batch]
+        with torch.no_grad():
+            reference = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        result = _compare(reference, got, "onnxruntime-cpu", batch)
+        report.parity.append(result)
+        if result["max_rel"] > config.rtol:
+            failures.append(
+                f"parity at batch {batch}: max rel error {result['max_rel']:.3g} > {config.rtol:g}"
+            )
+    params = sum(int(np.prod(t.dims)) for t in onnx_model.graph.initializer)
+    if params <= REFERENCE_EVALUATOR_MAX_PARAMS:
+        from onnx.reference import ReferenceEvaluator
+
+        x = samples[:1]
+        with torch.no_grad():
+            reference = model(x).numpy()
+        got = ReferenceEvaluator(onnx_model).run(None, {"input": x.numpy()})[0]
+        result = _compare(reference, got, "onnx.reference", 1)
+        report.reference_evaluator = result
+        if result["max_rel"] > config.rtol:
+            failures.append(f"onnx.reference max rel error {result['max_rel']:.3g}")
+    lint = lint_trt(onnx_model)
+    report.trt_lint = lint.to_dict()
+    return failures

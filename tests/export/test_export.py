@@ -1,0 +1,168 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from kompakt.errors import CheckpointError, KompaktError
+from kompakt.export import ExportConfig, ExportError, export_onnx, fc_to_conv
+from kompakt.layers import TTLinear
+from kompakt.models import MODELS, TTConfig, build_model, compress_
+
+SMALL = {"resnet18-cifar": {"width": 0.125}, "vgg16-cifar": {"width": 0.125}}
+
+
+def check_graph(path, report):
+    model = onnx.load(path)
+    assert report.ok and report.trt_lint["errors"] == 0
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert "Einsum" not in report.op_counts
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [p["batch"] for p in report.parity] == [1, 8]
+    assert all(p["max_rel"] < 1e-4 and p["top1_agreement"] == 1.0 for p in report.parity)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_zoo_model_exports_with_parity_and_passes_trt_lint(tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(name, 10, 1, 8, **SMALL.get(name, {})).eval()
+    path = tmp_path / f"{name}.onnx"
+    report = export_onnx(model, path, example_input=torch.randn(2, 1, 8, 8))
+    check_graph(path, report)
+    assert json.loads((tmp_path / f"{name}.onnx.report.json").read_text())["ok"]
+
+
+@pytest.mark.parametrize("mode", ["factored", "dense", "auto"])
+def test_compressed_model_in_every_tt_mode(tmp_path, mode):
+    torch.manual_seed(0)
+    model = build_model("garipov-conv-fc", 10, 1, 8).eval()
+    compress_(model, TTConfig(ranks=4))
+    path = tmp_path / "m.onnx"
+    report = export_onnx(model, path, ExportConfig(tt_mode=mode), torch.randn(2, 1, 8, 8))
+    check_graph(path, report)
+    forms = {layer["form"] for layer in report.layers}
+    assert forms == ({"dense"} if mode == "dense" else forms)
+    if mode == "factored":
+        assert forms == {"factored"} and "MatMul" in report.op_counts
+        dense = export_onnx(model, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"),
+                            torch.randn(2, 1, 8, 8))  # fmt: skip
+        assert report.file_bytes * 3 < dense.file_bytes  # the cores, not the rebuilt weights
+
+
+def test_bare_tt_linear_exports_as_matmul_chain(tmp_path):
+    layer = TTLinear(64, 36, ranks=3).eval()
+    report = export_onnx(layer, tmp_path / "tt.onnx", ExportConfig(tt_mode="factored"),
+                         torch.randn(2, 64))  # fmt: skip
+    assert report.ok and set(report.op_counts) <= {"MatMul", "Reshape", "Add", "Transpose"}
+    session = ort.InferenceSession(str(tmp_path / "tt.onnx"))
+    x = torch.randn(5, 64)
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0],
+                               layer(x).detach().numpy(), atol=1e-5)  # fmt: skip
+
+
+class NoPadNet(nn.Module):
+    """No padding anywhere, so every output position sees exactly one training-size crop."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 3 * 3, 16), nn.ReLU(),
+                                  nn.Linear(16, 5))  # fmt: skip
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_fc_to_conv_equals_the_original_at_size_and_on_crops():
+    torch.manual_seed(0)
+    model = NoPadNet().eval()
+    conv = fc_to_conv(model, (1, 8, 8))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(conv(x)[:, :, 0, 0], model(x))
+    big = torch.randn(1, 1, 16, 16)
+    scores = conv(big)  # stride of the features is 2: output (i, j) <-> crop at (2i, 2j)
+    assert scores.shape == (1, 5, 5, 5)
+    for i in range(5):
+        for j in range(5):
+            crop = big[:, :, 2 * i : 2 * i + 8, 2 * j : 2 * j + 8]
+            torch.testing.assert_close(scores[:, :, i, j], model(crop), atol=1e-5, rtol=1e-5)
+
+
+def test_fc_to_conv_export_accepts_larger_images(tmp_path):
+    model = NoPadNet().eval()
+    path = tmp_path / "fcn.onnx"
+    report = export_onnx(model, path, ExportConfig(fc_to_conv=True), torch.randn(2, 1, 8, 8))
+    assert report.ok and report.input_shape == ["batch", 1, "height", "width"]
+    out = ort.InferenceSession(str(path)).run(None, {"input": np.zeros((3, 1, 16, 16), np.float32)})
+    assert out[0].shape == (3, 5, 5, 5)
+
+
+class FlattensInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_fc_to_conv_refuses_models_without_a_flatten_head():
+    with pytest.raises(KompaktError, match=r"nn\.Flatten followed by nn\.Linear"):
+        fc_to_conv(FlattensInForward(), (1, 8, 8))
+
+
+class BakesBatch(nn.Module):
+    def forward(self, x):
+        return x.reshape(int(x.shape[0]), -1)
+
+
+def test_a_model_that_bakes_in_the_batch_is_refused(tmp_path):
+    with pytest.raises(ExportError, match=r"symbolic shapes \(batch\)"):
+        export_onnx(BakesBatch(), tmp_path / "b.onnx", example_input=torch.randn(2, 1, 4, 4))
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_parity_failure_keeps_the_graph_as_failed(tmp_path):
+    model = NoPadNet().eval()
+    with pytest.raises(ExportError, match="parity"):
+        export_onnx(model, tmp_path / "m.onnx", ExportConfig(rtol=-1.0), torch.randn(2, 1, 8, 8))
+    assert (tmp_path / "m.failed.onnx").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def kompakt(*args):
+    return subprocess.run([sys.executable, "-m", "kompakt.cli", *args], capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def test_cli_export_of_a_trained_checkpoint_carries_metadata(tmp_path):
+    from kompakt.train import TrainConfig, fit
+
+    fit(TrainConfig(model="lenet5", data="digits", epochs=1, out=str(tmp_path), quiet=True))
+    out = tmp_path / "lenet.onnx"
+    proc = kompakt("export", str(tmp_path / "best.pt"), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["reference_evaluator"]["max_rel"] < 1e-4
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert len(props["checkpoint_sha256"]) == 64 and json.loads(props["class_names"])[3] == "3"
+    assert len(json.loads(props["preprocessing"])["mean"]) == 1
+    lint = kompakt("lint-trt", str(out))
+    assert lint.returncode == 0 and "0 error(s)" in lint.stdout
+
+
+def test_corrupt_or_foreign_checkpoint_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError):
+        export_onnx(bad, tmp_path / "x.onnx")
+    torch.save({"state": 1}, tmp_path / "foreign.pt")
+    proc = kompakt("export", str(tmp_path / "foreign.pt"), "-o", str(tmp_path / "y.onnx"))
+    assert proc.returncode == 1 and "not a kompakt checkpoint" in proc.stderr
+    assert not list(tmp_path.glob("*.onnx*"))
