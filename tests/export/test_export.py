@@ -56,6 +56,14 @@ def test_compressed_model_in_every_tt_mode(tmp_path, mode):
         assert report.file_bytes * 3 < dense.file_bytes  # the cores, not the rebuilt weights
 
 
+def test_bare_tt_layer_exported_dense_becomes_one_gemm(tmp_path):
+    layer = TTLinear(64, 36, ranks=3).eval()
+    report = export_onnx(layer, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"),
+                         torch.randn(2, 64))  # fmt: skip
+    assert report.ok and report.layers[0]["form"] == "dense"
+    assert set(report.op_counts) <= {"Gemm", "MatMul", "Add"}
+
+
 def test_bare_tt_linear_exports_as_matmul_chain(tmp_path):
     layer = TTLinear(64, 36, ranks=3).eval()
     report = export_onnx(layer, tmp_path / "tt.onnx", ExportConfig(tt_mode="factored"),

@@ -152,8 +152,11 @@ def _conv_input_hw(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[i
     return {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
 
 
-def apply_tt_mode(model: nn.Module, mode: str, batch: int, example: torch.Tensor) -> list[dict]:
-    """Fix each TT layer's exported form in place; returns one record per layer.
+def apply_tt_mode(
+    model: nn.Module, mode: str, batch: int, example: torch.Tensor
+) -> tuple[nn.Module, list[dict]]:
+    """Fix each TT layer's exported form; returns the model (a new root when the model itself is
+    a TT layer made dense) and one record per layer.
 
     Forms: TTLinear "factored" (core chain) or "dense" (Gemm); TTConv2d "factored" (the kernel
     is rebuilt in-graph from the cores and fed to one Conv, so the file keeps only the cores),
@@ -201,12 +204,14 @@ def apply_tt_mode(model: nn.Module, mode: str, batch: int, example: torch.Tensor
             "out_modes": list(module.out_modes),
             "ranks": list(module.ranks),
         }
-        if form == "dense":
+        if form == "dense" and not name:
+            model = module.to_dense()  # the bare layer itself
+        elif form == "dense":
             _set_module(model, name, module.to_dense())
         elif isinstance(module, TTConv2d):
             module.forward_mode = "factored" if form == "chain" else "dense"
         records.append(record)
-    return records
+    return model, records
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -401,7 +406,7 @@ def export_onnx(
     example = _samples(ckpt, shape, 2) if example_input is None else example_input.float()
     if example.shape[0] < 2 and config.batch == "dynamic":
         example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise
-    layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1])
+    model, layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1])
     fold_limit = _fold_limit(model)
 
     with torch.no_grad():
