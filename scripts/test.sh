@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV=${KOMPAKT_VENV:-.venv}
-"$VENV/bin/ruff" check src tests benchmarks
-"$VENV/bin/ruff" format --check src tests benchmarks
+"$VENV/bin/ruff" check src tests benchmarks examples
+"$VENV/bin/ruff" format --check src tests benchmarks examples
 "$VENV/bin/python" -m pytest "$@"

@@ -35,3 +35,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("KOMPAKT_REQUIRE_GPU") == "1":
         pytest.fail(f"KOMPAKT_REQUIRE_GPU=1 but this test {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def lenet_onnx(tmp_path_factory):
+    """lenet5 trained 2 epochs on digits and exported (shared by the deploy/runtime tests)."""
+    from bundles import trained_onnx
+
+    return trained_onnx(tmp_path_factory.mktemp("lenet"))
+
+
+@pytest.fixture(scope="session")
+def lenet_bundle(lenet_onnx, tmp_path_factory):
+    """An onnxruntime fp32 bundle of `lenet_onnx` (max batch 64)."""
+    from bundles import bundle
+
+    return bundle(lenet_onnx, tmp_path_factory.mktemp("bundles") / "lenet-ort")

@@ -295,6 +295,107 @@ def lint_trt_command(model: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.command("deploy")
+@click.argument("model", type=click.Path(), required=False)
+@click.option("-o", "--output", "output", help="The bundle directory to write.")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="See --list-backends.")  # fmt: skip
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              show_default=True)  # fmt: skip
+@click.option("--calib-data", default=None, help="Dataset for INT8 calibration (train split).")
+@click.option("--data-root", default=None, help="Directory for file-based datasets.")
+@click.option("--calib-samples", default=256, show_default=True, type=int)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True)  # fmt: skip
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="INT8: keep sensitive layers in float until the drop (points) is within this.",
+)
+@click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
+@click.option("--threads", type=int, default=None)
+@click.option("--opt-level", type=click.Choice(["basic", "all"]), default="basic",
+              show_default=True, help="onnxruntime: basic = portable artefact.")  # fmt: skip
+@click.option("--ort-format", is_flag=True, help="onnxruntime: save the .ort format.")
+@click.option("--min-batch", default=1, show_default=True, type=int)
+@click.option("--opt-batch", default=None, type=int)
+@click.option("--max-batch", default=None, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--list-backends", is_flag=True, help="List backends, their precisions, status.")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_command(model: str | None, output: str | None, **opts: object) -> None:
+    """Build a bundle (engine + manifest) from an ONNX model for one backend and precision."""
+    from kompakt.deploy import BuildOptions, DeployConfig, build_bundle, list_backends
+
+    as_json = opts.pop("as_json")
+    if opts.pop("list_backends"):
+        rows = list_backends()
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            status = "available" if row["available"] else f"unavailable: {row['reason']}"
+            click.echo(f"{row['name']:<22} {'/'.join(row['precisions']):<15} {status}")
+        return
+    if model is None or output is None:
+        raise ConfigError("kompakt deploy needs MODEL.onnx and -o BUNDLE_DIR")
+    build_names = {"threads", "opt_level", "ort_format", "min_batch", "opt_batch", "max_batch"}
+    options = BuildOptions(**{k: opts.pop(k) for k in build_names})
+    manifest = build_bundle(model, output, DeployConfig(**opts), options)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    parity = manifest["parity"].get("vs_source_onnx", {})
+    click.echo(f"{output}: {manifest['backend']} {manifest['precision']}, artefact "
+               f"{manifest['artifact']}, built in {manifest['build_seconds']} s")  # fmt: skip
+    if parity:
+        click.echo(f"parity vs source ONNX: max abs {parity['max_abs']:.3g}, top-1 agreement "
+                   f"{parity['top1_agreement']:.4f}")  # fmt: skip
+    if manifest.get("accuracy"):
+        acc = manifest["accuracy"]
+        click.echo(f"val accuracy: source {acc['fp32_source']}, bundle {acc['bundle']}")
+
+
+@cli.command("predict")
+@click.argument("bundle", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", default=3, show_default=True, type=int)
+@click.option("--backend", default=None, help="Override the bundle's backend.")
+@click.option("--json", "as_json", is_flag=True)
+def predict_command(
+    bundle: str, images: tuple[str, ...], top_k: int, backend: str | None, as_json: bool
+) -> None:
+    """Classify image files with a bundle (its preprocessing; no resizing)."""
+    import numpy as np
+
+    from kompakt.runtime import load
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError("predict reads images with Pillow: pip install pillow") from None
+    with load(bundle, backend=backend) as engine:
+        channels = engine.inputs[0].shape[1]
+        arrays = []
+        for path in images:
+            try:
+                with Image.open(path) as img:
+                    arrays.append(np.asarray(img.convert("L" if channels == 1 else "RGB")))
+            except OSError as error:
+                raise ConfigError(f"cannot read image {path}: {error}") from None
+        predictions = engine.predict(arrays, top_k=top_k)
+    rows = [{"image": path, "label": p.label, "index": p.index, "score": p.score,
+             "top_k": [{"label": n, "score": s} for n, s in p.top_k]}
+            for path, p in zip(images, predictions, strict=True)]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        alternatives = ", ".join(f"{t['label']} {t['score']:.3f}" for t in row["top_k"])
+        click.echo(f"{row['image']}: {row['label']} ({row['score']:.3f})  [{alternatives}]")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="kompakt")

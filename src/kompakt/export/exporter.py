@@ -424,6 +424,13 @@ def export_onnx(
             }
         ),
         "class_names": json.dumps((ckpt or {}).get("data", {}).get("class_names", [])),
+        "dataset": json.dumps(
+            {
+                "name": (ckpt or {}).get("data", {}).get("name"),
+                "root": (ckpt or {}).get("data", {}).get("root"),
+            }
+        ),
+        "task": (ckpt or {}).get("data", {}).get("task", "classification"),
         "tt_layers": json.dumps(
             [{k: r[k] for k in ("name", "form", "in_modes", "out_modes", "ranks")} for r in layers]
         ),

@@ -1,0 +1,358 @@
+"""`build_bundle`: ONNX -> a self-describing bundle directory an app loads with kompakt.runtime.
+
+bundle/
+  kompakt.json        manifest (schema in kompakt/runtime/manifest.schema.json): inputs/outputs,
+                      preprocessing, class names, backend, precision, every file's sha256,
+                      accuracy and parity measured at build time, tool versions, target machine
+  model.onnx          the source graph (fp32)
+  model.int8.onnx     the Q/DQ graph (int8) / model.fp16.onnx (fp16 for TensorRT paths)
+  <artefact>          ORT-optimised model, OpenVINO IR, TensorRT plan, ...
+Written into a temporary sibling directory and renamed into place; an existing bundle is
+replaced only with force=True.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kompakt import __version__
+from kompakt.deploy.backends import BACKENDS, BuildOptions
+from kompakt.deploy.fp16 import convert_to_fp16
+from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
+from kompakt.errors import ConfigError, KompaktError
+from kompakt.machine import describe_machine
+from kompakt.runtime.engine import RUNNERS, BackendUnavailableError
+from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """The options of `kompakt deploy`, same names."""
+
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    calib_data: str | None = None  # dataset name; default: the one in the ONNX metadata
+    data_root: str | None = None
+    calib_samples: int = 256
+    calib_method: str = "minmax"
+    max_accuracy_drop: float | None = None  # points of top-1 accuracy
+    eval_samples: int = 1000
+    ckpt: str | None = None
+    force: bool = False
+
+
+def _tensor_entries(values) -> list[dict]:
+    entries = []
+    for value in values:
+        tensor = value.type.tensor_type
+        entries.append(
+            {
+                "name": value.name,
+                "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+            }
+        )
+    return entries
+
+
+def _metadata(model: onnx.ModelProto) -> dict:
+    props = {p.key: p.value for p in model.metadata_props}
+    out = {}
+    out["task"] = props.get("task", "classification")
+    for key in ("preprocessing", "class_names", "dataset", "tt_layers"):
+        if key in props:
+            try:
+                out[key] = json.loads(props[key])
+            except json.JSONDecodeError:
+                out[key] = props[key]
+    return out
+
+
+def _splits(name: str | None, root: str | None, shape: list) -> dict | None:
+    """(calibration = train split, evaluation = val split) arrays, or None without a dataset."""
+    if not name:
+        return None
+    from kompakt.data import load_dataset
+
+    data = load_dataset(name, root=root)
+    if list(data.info.input_shape) != [d for d in shape[1:]]:
+        raise ConfigError(
+            f"dataset {name!r} has inputs {data.info.input_shape}, the model takes {shape[1:]}"
+        )
+    return {
+        "train": data.x["train"].numpy(),
+        "val": data.x["val"].numpy(),
+        "val_labels": data.y["val"].numpy(),
+        "task": data.info.task,
+    }
+
+
+def _run_batches(run, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([run(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray, task: str) -> dict:
+    if task == "regression":
+        return {"rmse": float(np.sqrt(np.mean((logits.reshape(-1) - labels) ** 2)))}
+    top1 = logits.reshape(len(logits), logits.shape[1], -1).mean(-1).argmax(1)
+    return {"top1": float((top1 == labels).mean())}
+
+
+def _parity(reference: np.ndarray, got: np.ndarray) -> dict:
+    diff = np.abs(reference.astype(np.float64) - got.astype(np.float64))
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    agree = float((reference.argmax(1) == got.argmax(1)).mean()) if reference.ndim > 1 else 1.0
+    return {
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / scale),
+        "top1_agreement": agree,
+        "samples": len(reference),
+    }
+
+
+def _versions() -> dict:
+    out = {"kompakt": __version__}
+    for package in ("onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[package] = importlib.metadata.version(package)
+    return out
+
+
+def _file_entries(bundle: Path) -> dict:
+    files = {}
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(bundle).as_posix()
+        files[rel] = {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def build_bundle(
+    model_path: str | Path,
+    out: str | Path,
+    config: DeployConfig | None = None,
+    options: BuildOptions | None = None,
+) -> dict:
+    """Build a bundle directory for one backend and precision; returns its manifest.
+
+    Raises:
+        BackendUnavailableError: the backend cannot run here (the message says how to get it).
+        ConfigError: bad options, an existing bundle without force, an unsupported precision.
+    """
+    config = config or DeployConfig()
+    options = options or BuildOptions()
+    model_path, out = Path(model_path), Path(out)
+    backend = BACKENDS.get(config.backend)()
+    reason = backend.unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(f"backend {config.backend!r} is unavailable: {reason}")
+    if config.precision not in backend.precisions:
+        raise ConfigError(
+            f"backend {config.backend!r} supports precisions {backend.precisions}, not "
+            f"{config.precision!r}"
+        )
+    if out.exists() and not config.force:
+        raise ConfigError(f"{out} exists; pass --force to replace the bundle")
+    if not model_path.is_file():
+        raise ConfigError(f"ONNX model {model_path} does not exist")
+    try:
+        source = onnx.load(str(model_path))
+    except Exception as error:
+        raise KompaktError(f"cannot read ONNX model {model_path}: {error}") from None
+    meta = _metadata(source)
+    inputs = _tensor_entries(source.graph.input)
+    outputs = _tensor_entries(source.graph.output)
+    dataset = config.calib_data or meta.get("dataset", {}).get("name")
+    root = config.data_root or meta.get("dataset", {}).get("root")
+    data = _splits(dataset, root, inputs[0]["shape"])
+    if config.precision == "int8" and data is None:
+        raise ConfigError(
+            "INT8 needs calibration data: pass --calib-data DATASET (the model's metadata names "
+            "none)"
+        )
+
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        shutil.copyfile(model_path, tmp / "model.onnx")
+        manifest = _build_into(tmp, backend, config, options, data, source, meta, inputs, outputs)
+        manifest["build_seconds"] = round(time.perf_counter() - start, 2)
+        manifest["files"] = _file_entries(tmp)
+        validate_manifest(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _build_into(tmp, backend, config, options, data, source, meta, inputs, outputs) -> dict:
+    import onnxruntime as ort
+
+    precision = config.precision
+    graph = tmp / "model.onnx"
+    quantization = None
+    graph_precision = precision
+    if precision == "int8":
+        graph = tmp / "model.int8.onnx"
+        calib = data["train"][: config.calib_samples]
+        result = quantize_int8(tmp / "model.onnx", graph, calib, config.calib_method)
+        quantization = asdict(result)
+    elif precision == "fp16" and config.backend in ("tensorrt", "onnxruntime-tensorrt"):
+        graph = tmp / "model.fp16.onnx"
+        onnx.save(convert_to_fp16(source), graph)
+    else:
+        graph_precision = "fp32"  # fp16 on other backends: the backend stores half weights
+
+    def measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
+        artefact = backend.build(graph_path, tmp, precision, options)
+        provisional = _manifest(
+            config, options, artefact, meta, inputs, outputs, quantization, graph_precision
+        )
+        (tmp / MANIFEST).write_text(json.dumps(provisional))
+        runner = _runner(tmp, provisional, artefact.path, options.threads)
+        reference_session = ort.InferenceSession(
+            str(tmp / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        if data is not None:
+            x = data["val"][: config.eval_samples]
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else 2 for d in inputs[0]["shape"]]
+            x = np.random.default_rng(0).standard_normal([8, *shape[1:]]).astype(np.float32)
+        reference = _run_batches(
+            lambda b: reference_session.run(None, {inputs[0]["name"]: b})[0], x, 64
+        )
+        got = _run_batches(runner.run, x, 64)
+        runner.close()
+        parity = {"vs_source_onnx": _parity(reference, got)}
+        accuracy = None
+        if data is not None:
+            labels = data["val_labels"][: len(x)]
+            base = _accuracy(reference, labels, data["task"])
+            mine = _accuracy(got, labels, data["task"])
+            accuracy = {"split": "val", "samples": len(x), "fp32_source": base, "bundle": mine}
+            if "top1" in base:
+                accuracy["drop_points"] = round(100 * (base["top1"] - mine["top1"]), 3)
+        return artefact, accuracy, parity
+
+    artefact, accuracy, parity = measure(graph)
+    if precision == "int8" and config.max_accuracy_drop is not None and accuracy:
+        candidates = quantizable_nodes(tmp / "model.onnx")
+        excluded: list[str] = []
+        # Keep the first and last weight layers in float first (usually the most sensitive),
+        # then work inwards from both ends until the drop is within the limit.
+        order = [n for pair in zip(candidates, reversed(candidates), strict=True) for n in pair]
+        order = list(dict.fromkeys(order))
+        while accuracy.get("drop_points", 0) > config.max_accuracy_drop and order:
+            excluded.append(order.pop(0))
+            result = quantize_int8(
+                tmp / "model.onnx",
+                graph,
+                data["train"][: config.calib_samples],
+                config.calib_method,
+                excluded,
+            )
+            quantization = asdict(result)
+            artefact, accuracy, parity = measure(graph)
+        quantization["accuracy_guard"] = {
+            "max_drop_points": config.max_accuracy_drop,
+            "met": accuracy.get("drop_points", 0) <= config.max_accuracy_drop,
+            "excluded_nodes": excluded,
+        }
+        if not quantization["accuracy_guard"]["met"]:
+            raise KompaktError(
+                f"INT8 drops {accuracy['drop_points']:.2f} points even with every weight layer "
+                f"kept in float; the limit is {config.max_accuracy_drop}: deploy fp32 instead"
+            )
+
+    if config.ckpt:
+        parity["vs_pytorch"] = _pytorch_parity(
+            config.ckpt, tmp, artefact.path, data, inputs, options, config
+        )
+    manifest = _manifest(
+        config, options, artefact, meta, inputs, outputs, quantization, graph_precision
+    )
+    manifest.update(accuracy=accuracy, parity=parity)
+    return manifest
+
+
+def _runner(bundle: Path, manifest: dict, artefact: str, threads: int | None):
+    """The backend's runner on a bundle still being built (no hashes to check yet)."""
+    return RUNNERS.get(manifest["backend"])(bundle / artefact, manifest, threads)
+
+
+def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> dict:
+    import torch
+
+    from kompakt.train import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    if data is not None:
+        x = data["val"][: min(config.eval_samples, 256)]
+    else:
+        shape = [d if isinstance(d, int) and d > 0 else 8 for d in inputs[0]["shape"]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    runner = _runner(tmp, json.loads((tmp / MANIFEST).read_text()), artefact, options.threads)
+    got = _run_batches(runner.run, x, 64)
+    runner.close()
+    return _parity(reference, got)
+
+
+def _manifest(config, options, artefact, meta, inputs, outputs, quantization, graph_precision):
+    pre = meta.get("preprocessing", {}) if isinstance(meta.get("preprocessing"), dict) else {}
+    channels = inputs[0]["shape"][1] if len(inputs[0]["shape"]) > 1 else 1
+    spatial_dynamic = any(isinstance(d, str) for d in inputs[0]["shape"][2:])
+    batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
+    max_batch = options.max_batch if isinstance(batch_axis, str) else batch_axis
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kompakt_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backend": config.backend,
+        "precision": config.precision,
+        "graph_precision": graph_precision,
+        "task": "regression" if meta.get("task") == "regression" else "classification",
+        "inputs": inputs,
+        "outputs": outputs,
+        "max_batch": max_batch,
+        "artifact": artefact.path,
+        "files": {},
+        "preprocessing": {
+            "mean": pre.get("mean") or [0.0] * (channels if isinstance(channels, int) else 1),
+            "std": pre.get("std") or [1.0] * (channels if isinstance(channels, int) else 1),
+            "layout": "NCHW",
+            "pixel_scale": 1.0 / 255.0,
+            "fully_convolutional": spatial_dynamic,
+        },
+        "class_names": [str(c) for c in meta.get("class_names", [])],
+        "backend_options": artefact.backend_options,
+        "backend_info": artefact.info,
+        "quantization": quantization,
+        "accuracy": None,
+        "parity": {},
+        "tools": _versions(),
+        "target": describe_machine(("onnxruntime",)),
+    }

@@ -1,0 +1,132 @@
+"""INT8: static Q/DQ quantisation with ONNX Runtime's quantizer, TensorRT-compatible.
+
+Symmetric activations and weights (zero-points 0, so TensorRT parses the Q/DQ), per-channel
+weights where the runtime accepts them (per-tensor fallback otherwise, e.g. batched 3-D MatMul
+weights of grouped heads), calibration on the train split of the checkpoint's dataset (never the
+test split), with a progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kompakt.errors import ConfigError, KompaktError
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantizationResult:
+    path: str
+    per_channel: bool
+    calib_method: str
+    calib_samples: int
+    excluded_nodes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Reader:
+    """ORT CalibrationDataReader over an array, with a tqdm bar (quiet when not a TTY)."""
+
+    def __init__(self, name: str, samples: np.ndarray, batch: int = 16) -> None:
+        from tqdm import tqdm
+
+        self.name, self.samples, self.batch, self.pos = name, samples, batch, 0
+        self.bar = tqdm(total=len(samples), desc="calibrating", file=sys.stderr,
+                        disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
+
+    def get_next(self) -> dict | None:
+        if self.pos >= len(self.samples):
+            self.bar.close()
+            return None
+        chunk = self.samples[self.pos : self.pos + self.batch]
+        self.pos += len(chunk)
+        self.bar.update(len(chunk))
+        return {self.name: chunk}
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+
+def _runs(path: str, sample: np.ndarray, input_name: str) -> str | None:
+    """None if ONNX Runtime loads and runs the model, else the first line of its error."""
+    import onnxruntime as ort
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, {input_name: sample})
+        return None
+    except Exception as error:
+        return str(error).strip().splitlines()[0]
+
+
+def quantize_int8(
+    source: str | Path,
+    target: str | Path,
+    calib: np.ndarray,
+    method: str = "minmax",
+    exclude: list[str] | None = None,
+) -> QuantizationResult:
+    """Write a symmetric INT8 Q/DQ model of `source` to `target`.
+
+    Args:
+        calib: calibration inputs (N, C, H, W) float32, from the train split.
+        method: "minmax", "entropy" or "percentile".
+        exclude: node names to keep in float (the accuracy guard adds the sensitive ones).
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"calib_method must be one of {CALIB_METHODS}, got {method!r}")
+    if len(calib) == 0:
+        raise ConfigError("INT8 calibration needs at least one sample (--calib-samples)")
+    input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+    calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    result = QuantizationResult(str(target), True, method, len(calib), list(exclude or []))
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        # skip_symbolic_shape: the symbolic pass chokes on some Constant nodes (ONNX_NOTES)
+        quant_pre_process(str(source), prepared, skip_symbolic_shape=True)
+        for per_channel in (True, False):
+            quantize_static(
+                prepared,
+                str(target),
+                _Reader(input_name, calib),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                calibrate_method=calibration,
+                nodes_to_exclude=list(exclude or []),
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+            failure = _runs(str(target), calib[:1], input_name)
+            if failure is None:
+                result.per_channel = per_channel
+                return result
+            result.notes.append(f"per_channel={per_channel} rejected by ONNX Runtime: {failure}")
+    raise KompaktError(
+        f"INT8 quantisation produced a model ONNX Runtime cannot run: {result.notes[-1]}"
+    )
+
+
+def quantizable_nodes(path: str | Path) -> list[str]:
+    """Names of the weight-bearing nodes (Conv, MatMul, Gemm) in graph order."""
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]

@@ -1,0 +1,150 @@
+"""Native TensorRT builder, written against the TensorRT 10/11 Python API and imported lazily.
+
+Everything decided before the first CUDA call (profile shapes, strong typing, which precision
+mechanism a TensorRT version allows, manifest fields) is plain Python in
+`TensorRTBuildSettings`, tested without a GPU. TensorRT 11 builds strongly typed networks only:
+FP16 and INT8 must be in the graph (an FP16 ONNX, or Q/DQ with zero-points 0); the TensorRT 10
+implicit-precision builder flags are used only behind a version check, when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kompakt.errors import ConfigError, KompaktError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ConfigError(f"cannot read TensorRT version {version!r}") from None
+
+
+@dataclass(frozen=True)
+class TensorRTBuildSettings:
+    precision: str = "fp32"
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mib: int = 2048
+    optimization_level: int = 3
+    implicit_precision: bool = False  # TensorRT 10 only: builder flags instead of graph types
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(
+                f"profile needs 1 <= min ({self.min_batch}) <= opt ({self.opt_batch}) <= max "
+                f"({self.max_batch})"
+            )
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"optimization_level must be 0..5, got {self.optimization_level}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def profile(self, input_shape: list) -> tuple[tuple, tuple, tuple]:
+        """(min, opt, max) shapes: the dynamic batch axis set, every other axis static."""
+        rest = list(input_shape[1:])
+        if any(not isinstance(d, int) or d < 1 for d in rest):
+            raise ConfigError(
+                f"TensorRT profiles need static dims after the batch, got {input_shape}; "
+                "export with a fixed image size"
+            )
+        return tuple((batch, *rest) for batch in (self.min_batch, self.opt_batch, self.max_batch))  # type: ignore[return-value]
+
+    def precision_plan(self, trt_version: str) -> dict:
+        """How this precision is reached on this TensorRT version.
+
+        Returns:
+            {"strongly_typed": bool, "builder_flags": [...], "graph": "fp32"|"fp16"|"qdq"}.
+        """
+        major, _ = parse_version(trt_version)
+        if major < 10:
+            raise ConfigError(f"TensorRT {trt_version} is too old; kompakt needs 10.x or 11.x")
+        graph = {"fp32": "fp32", "fp16": "fp16", "int8": "qdq"}[self.precision]
+        if self.implicit_precision:
+            if major >= 11:
+                raise ConfigError(
+                    "TensorRT 11 has no FP16/INT8 builder flags (strongly typed only); drop "
+                    "implicit_precision and deploy an FP16 or Q/DQ graph"
+                )
+            flags = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}[self.precision]
+            # weak typing: the builder picks precisions, so feed it the fp32 (or Q/DQ) graph
+            return {
+                "strongly_typed": False,
+                "builder_flags": flags,
+                "graph": "qdq" if self.precision == "int8" else "fp32",
+            }
+        return {"strongly_typed": True, "builder_flags": [], "graph": graph}
+
+
+def device_fingerprint() -> dict:
+    """TensorRT version, GPU name and compute capability: a plan only runs where it was built."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+    }
+
+
+def build_plan(onnx_path: Path, bundle: Path, settings: TensorRTBuildSettings) -> dict:
+    """Parse, configure and build a serialised engine into bundle/model.plan.
+
+    Also writes timing.cache (reused on rebuild) and layers.json (engine inspector, JSON).
+    """
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    plan = settings.precision_plan(trt.__version__)
+    flags = 0
+    if plan["strongly_typed"]:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise KompaktError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib * 2**20)
+    config.builder_optimization_level = settings.optimization_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    for name in plan["builder_flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = [int(d) for d in tensor.shape]
+        low, opt, high = settings.profile([-1, *shape[1:]] if shape[0] == -1 else shape)
+        profile.set_shape(tensor.name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache_path = bundle / "timing.cache"
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise KompaktError("TensorRT failed to build the engine (see the TensorRT log above)")
+    (bundle / "model.plan").write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(cache.serialize()))
+    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+    inspector = engine.create_engine_inspector()
+    layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    (bundle / "layers.json").write_text(layers if isinstance(layers, str) else json.dumps(layers))
+    return {
+        **device_fingerprint(),
+        "precision_plan": plan,
+        "device_memory_bytes": int(engine.device_memory_size_v2),
+    }

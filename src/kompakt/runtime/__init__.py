@@ -1,0 +1,28 @@
+"""What apps embed: load a bundle and run it. Needs numpy and the chosen backend only.
+
+import kompakt.runtime
+with kompakt.runtime.load("bundle/") as engine:
+    print(engine.predict([image])[0].label)
+"""
+
+from kompakt.runtime.engine import (
+    RUNNERS,
+    BackendUnavailableError,
+    Engine,
+    Prediction,
+    TensorSpec,
+    load,
+)
+from kompakt.runtime.manifest import BundleError, read_manifest, validate_manifest
+
+__all__ = [
+    "RUNNERS",
+    "BackendUnavailableError",
+    "BundleError",
+    "Engine",
+    "Prediction",
+    "TensorSpec",
+    "load",
+    "read_manifest",
+    "validate_manifest",
+]

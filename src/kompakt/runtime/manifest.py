@@ -1,0 +1,133 @@
+"""The bundle manifest (`kompakt.json`): schema, validation, hashing, path confinement.
+
+Imports only the standard library, so apps that embed `kompakt.runtime` stay lean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from kompakt.errors import KompaktError
+
+SCHEMA_VERSION = 1
+MANIFEST = "kompakt.json"
+
+
+class BundleError(KompaktError):
+    """A bundle is missing, tampered with, truncated or malformed."""
+
+
+def manifest_schema() -> dict:
+    """The JSON schema of `kompakt.json` (shipped with the package)."""
+    text = resources.files("kompakt.runtime").joinpath("manifest.schema.json").read_text()
+    return json.loads(text)
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+          "boolean": bool, "null": type(None)}  # fmt: skip
+
+
+def _check(value: object, schema: dict, where: str, root: dict) -> None:
+    """A small JSON-schema subset (type, required, properties, items, enum, const, minimum,
+    local $ref): enough for the manifest, with no dependency the runtime would have to carry."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        # bool is an int in Python, never a number in JSON
+        ok = any(
+            isinstance(value, _TYPES[n])
+            and not (n in ("integer", "number") and isinstance(value, bool))
+            for n in names
+        )
+        if not ok:
+            raise BundleError(f"manifest {where}: expected {' or '.join(names)}, got {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise BundleError(f"manifest {where}: {value!r} is not one of {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        raise BundleError(f"manifest {where}: expected {schema['const']!r}, got {value!r}")
+    if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
+        raise BundleError(f"manifest {where}: {value} is below {schema['minimum']}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                raise BundleError(f"manifest {where}: missing required key {key!r}")
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                _check(value[key], sub, f"{where}.{key}", root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, item in value.items():
+                if key not in schema.get("properties", {}):
+                    _check(item, extra, f"{where}.{key}", root)
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _check(item, schema["items"], f"{where}[{i}]", root)
+
+
+def validate_manifest(manifest: dict) -> None:
+    """Raise BundleError if `manifest` does not follow the schema."""
+    schema = manifest_schema()
+    _check(manifest, schema, "kompakt.json", schema)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def confined(bundle: Path, relative: str) -> Path:
+    """`bundle / relative`, refusing absolute paths and anything that escapes the bundle."""
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
+    path = (bundle / relative).resolve()
+    if bundle.resolve() not in path.parents:
+        raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
+    return path
+
+
+def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
+    """Load, validate and (by default) verify every file's sha256 and size.
+
+    Raises:
+        BundleError: naming the file that is missing, tampered with or truncated.
+    """
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle} is not a kompakt bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON: {error}") from None
+    validate_manifest(manifest)
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle schema_version {manifest['schema_version']} is newer than this kompakt "
+            f"understands ({SCHEMA_VERSION}); upgrade kompakt"
+        )
+    for entry in manifest["files"].values():
+        file = confined(bundle, entry["path"])
+        if not verify:
+            continue
+        if not file.is_file():
+            raise BundleError(f"bundle file {entry['path']} is missing")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"bundle file {entry['path']} has {size} bytes, the manifest says "
+                f"{entry['bytes']} (truncated or replaced); rebuild the bundle"
+            )
+        if sha256_file(file) != entry["sha256"]:
+            raise BundleError(
+                f"bundle file {entry['path']} does not match its sha256 in {MANIFEST} "
+                "(tampered with or corrupted); rebuild the bundle"
+            )
+    return manifest

@@ -1,0 +1,228 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from bundles import bundle
+from kompakt.deploy import BACKENDS, BuildOptions, DeployConfig, build_bundle, list_backends
+from kompakt.deploy.backends import profile_batches, tensorrt_ep_options
+from kompakt.deploy.fp16 import convert_to_fp16
+from kompakt.deploy.tensorrt_backend import TensorRTBuildSettings
+from kompakt.errors import ConfigError, KompaktError
+from kompakt.export import lint_trt
+from kompakt.runtime import BackendUnavailableError, load
+from kompakt.runtime.tensorrt import check_fingerprint
+
+CPU_BUILDS = [("onnxruntime", p) for p in ("fp32", "int8")] + [
+    ("openvino", p) for p in ("fp32", "fp16", "int8")
+]
+
+
+@pytest.mark.parametrize("backend, precision", CPU_BUILDS)
+def test_every_cpu_backend_and_precision_builds_runs_and_keeps_parity(
+    lenet_onnx, tmp_path, backend, precision
+):
+    if BACKENDS.get(backend)().unavailable_reason():
+        pytest.skip(BACKENDS.get(backend)().unavailable_reason())
+    out = bundle(
+        lenet_onnx,
+        tmp_path / "b",
+        backend=backend,
+        precision=precision,
+        calib_data="digits" if precision == "int8" else None,
+    )
+    manifest = json.loads((out / "kompakt.json").read_text())
+    parity = manifest["parity"]["vs_source_onnx"]
+    if precision == "fp32":
+        assert parity["max_rel"] < 1e-4 and parity["top1_agreement"] == 1.0
+    else:  # lossy: bounded error and near-identical decisions
+        assert parity["max_rel"] < 0.1 and parity["top1_agreement"] >= 0.95
+    assert manifest["accuracy"]["samples"] == 270  # the digits val split
+    assert abs(manifest["accuracy"]["drop_points"]) <= 3
+    with load(out) as engine:
+        x = np.zeros((3, 1, 8, 8), np.float32)
+        assert engine.run(x).shape == (3, 10)
+
+
+def test_int8_bundle_is_symmetric_qdq_that_passes_the_trt_lint(lenet_onnx, tmp_path):
+    out = bundle(
+        lenet_onnx,
+        tmp_path / "q",
+        precision="int8",
+        calib_data="digits",
+        calib_samples=64,
+        calib_method="entropy",
+    )
+    graph = onnx.load(out / "model.int8.onnx")
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    report = lint_trt(graph)
+    assert report.ok, str(report)
+    manifest = json.loads((out / "kompakt.json").read_text())
+    assert manifest["quantization"]["calib_samples"] == 64
+    assert manifest["quantization"]["calib_method"] == "entropy"
+
+
+def test_accuracy_guard_excludes_layers_and_reports_when_it_cannot(lenet_onnx, tmp_path):
+    with pytest.raises(KompaktError, match="even with every weight layer kept in float"):
+        bundle(
+            lenet_onnx,
+            tmp_path / "g",
+            precision="int8",
+            calib_data="digits",
+            max_accuracy_drop=-1.0,
+        )
+    assert not (tmp_path / "g").exists()
+    out = bundle(
+        lenet_onnx, tmp_path / "ok", precision="int8", calib_data="digits", max_accuracy_drop=50.0
+    )
+    guard = json.loads((out / "kompakt.json").read_text())["quantization"]["accuracy_guard"]
+    assert guard["met"] and guard["excluded_nodes"] == []
+
+
+def test_existing_bundle_needs_force(lenet_onnx, tmp_path):
+    out = bundle(lenet_onnx, tmp_path / "b")
+    with pytest.raises(ConfigError, match="exists; pass --force"):
+        bundle(lenet_onnx, out)
+    bundle(lenet_onnx, out, force=True, precision="int8", calib_data="digits")
+    assert json.loads((out / "kompakt.json").read_text())["precision"] == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temp dirs left behind
+
+
+def test_int8_without_calibration_data_is_a_clear_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(ConfigError, match="INT8 needs calibration data"):
+        build_bundle(path, tmp_path / "b", DeployConfig(precision="int8"))
+
+
+def test_pytorch_parity_recorded_with_ckpt(lenet_onnx, tmp_path):
+    ckpt = lenet_onnx.parent / "run" / "best.pt"
+    out = bundle(lenet_onnx, tmp_path / "b", ckpt=str(ckpt))
+    parity = json.loads((out / "kompakt.json").read_text())["parity"]["vs_pytorch"]
+    assert parity["max_rel"] < 1e-4 and parity["top1_agreement"] == 1.0
+
+
+def test_unavailable_backends_are_listed_with_the_fix():
+    rows = {row["name"]: row for row in list_backends()}
+    assert set(rows) == {
+        "onnxruntime",
+        "onnxruntime-cuda",
+        "onnxruntime-tensorrt",
+        "openvino",
+        "tensorrt",
+    }
+    for row in rows.values():
+        assert row["available"] or "pip install" in row["reason"] or "GPU" in row["reason"]
+
+
+def test_unavailable_backend_refuses_to_build(lenet_onnx, tmp_path):
+    unavailable = [r["name"] for r in list_backends() if not r["available"]]
+    if not unavailable:
+        pytest.skip("every backend is available here")
+    with pytest.raises(BackendUnavailableError, match="unavailable"):
+        build_bundle(lenet_onnx, tmp_path / "b", DeployConfig(backend=unavailable[0]))
+
+
+def test_fp16_graph_keeps_float32_edges_and_close_outputs(lenet_onnx):
+    from onnx.reference import ReferenceEvaluator
+
+    source = onnx.load(lenet_onnx)
+    half = convert_to_fp16(source)
+    onnx.checker.check_model(half)
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(lenet_onnx).run(None, {"input": x})[0]
+    got = ReferenceEvaluator(half).run(None, {"input": x})[0]
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max() + 1e-3
+
+
+# -- TensorRT / GPU configuration that runs before any CUDA call ----------------------------
+
+
+def test_profile_batches_validation():
+    assert profile_batches(BuildOptions(min_batch=1, max_batch=64)) == (1, 8, 64)
+    assert profile_batches(BuildOptions(min_batch=4, opt_batch=16, max_batch=32)) == (4, 16, 32)
+    with pytest.raises(ConfigError, match=r"min .* <= opt"):
+        profile_batches(BuildOptions(min_batch=8, opt_batch=4, max_batch=16))
+
+
+def test_trt_ep_options_put_caches_in_the_bundle_and_set_profiles():
+    opts = tensorrt_ep_options(
+        "input", ["batch", 3, 32, 32], "fp16", BuildOptions(min_batch=1, opt_batch=8, max_batch=64)
+    )
+    assert opts["trt_profile_min_shapes"] == "input:1x3x32x32"
+    assert opts["trt_profile_opt_shapes"] == "input:8x3x32x32"
+    assert opts["trt_profile_max_shapes"] == "input:64x3x32x32"
+    assert opts["trt_engine_cache_path"] == "trt_cache" and opts["trt_fp16_enable"] is True
+    assert "trt_int8_enable" not in opts
+    with pytest.raises(ConfigError, match="static non-batch dims"):
+        tensorrt_ep_options("input", ["batch", 3, "h", "w"], "fp32", BuildOptions())
+
+
+def test_trt_settings_profile_and_version_dependent_precision():
+    settings = TensorRTBuildSettings(precision="int8", min_batch=1, opt_batch=4, max_batch=16)
+    assert settings.profile([-1, 3, 32, 32]) == ((1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
+    for version in ("10.3.0", "11.4.0.106"):
+        plan = settings.precision_plan(version)
+        assert plan == {"strongly_typed": True, "builder_flags": [], "graph": "qdq"}
+    legacy = TensorRTBuildSettings(precision="fp16", implicit_precision=True)
+    assert legacy.precision_plan("10.8.0") == {
+        "strongly_typed": False,
+        "builder_flags": ["FP16"],
+        "graph": "fp32",
+    }
+    with pytest.raises(ConfigError, match="TensorRT 11 has no FP16/INT8 builder flags"):
+        legacy.precision_plan("11.0.0")
+    with pytest.raises(ConfigError, match="too old"):
+        settings.precision_plan("8.6.1")
+    with pytest.raises(ConfigError, match="static dims"):
+        settings.profile([-1, 3, -1, 32])
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TensorRTBuildSettings(precision="int4")
+
+
+def test_trt_plan_from_another_gpu_is_refused():
+    built = {"tensorrt": "10.8.0", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    check_fingerprint(built, dict(built))
+    with pytest.raises(KompaktError, match=r"built for gpu .NVIDIA H100.*rebuild it here"):
+        check_fingerprint(built, {**built, "gpu": "NVIDIA L4", "compute_capability": "8.9"})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
+def test_ort_gpu_bundles_run_on_the_gpu(lenet_onnx, tmp_path, backend):
+    out = bundle(lenet_onnx, tmp_path / "g", backend=backend)
+    manifest = json.loads((out / "kompakt.json").read_text())
+    assert manifest["parity"]["vs_source_onnx"]["max_rel"] < 1e-3
+    assert manifest["backend_info"]["nodes_by_provider"]
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_native_tensorrt_bundle(lenet_onnx, tmp_path, precision):
+    out = bundle(
+        lenet_onnx,
+        tmp_path / "t",
+        backend="tensorrt",
+        precision=precision,
+        calib_data="digits" if precision == "int8" else None,
+    )
+    manifest = json.loads((out / "kompakt.json").read_text())
+    assert manifest["backend_info"]["compute_capability"]
+    assert manifest["parity"]["vs_source_onnx"]["top1_agreement"] >= 0.95
+    with load(out) as engine:
+        assert engine.run(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)

@@ -1,0 +1,186 @@
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from kompakt.errors import KompaktError, ShapeError
+from kompakt.runtime import BundleError, load, read_manifest, validate_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def samples(n=4):
+    return np.random.default_rng(0).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def test_import_is_lean_even_after_running_a_bundle(lenet_bundle):
+    code = (
+        "import sys, numpy as np, kompakt.runtime as rt\n"
+        f"e = rt.load({str(lenet_bundle)!r}); e.run(np.zeros((1, 1, 8, 8), np.float32))\n"
+        "heavy = ('torch', 'click', 'openvino', 'tensorrt', 'onnx')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_matches_the_source_onnx_and_specs_describe_it(lenet_bundle):
+    with load(lenet_bundle) as engine:
+        assert engine.inputs[0].shape == ("batch", 1, 8, 8)
+        assert engine.inputs[0].dtype == np.float32 and engine.outputs[0].shape == ("batch", 10)
+        x = samples()
+        source = ort.InferenceSession(str(lenet_bundle / "model.onnx"))
+        np.testing.assert_allclose(engine.run(x), source.run(None, {"input": x})[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros((2, 1, 8, 8), np.float64), "must be float32, got float64"),
+        (np.zeros((1, 8, 8), np.float32), r"must have rank 4 .* got shape \(1, 8, 8\)"),
+        (np.zeros((2, 3, 8, 8), np.float32), "axis 1 must be 1"),
+        (np.zeros((65, 1, 8, 8), np.float32), "batch 65 is above this engine's max batch 64"),
+        ([[1.0]], "expected a numpy array"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(lenet_bundle, x, message):
+    with load(lenet_bundle) as engine, pytest.raises(ShapeError, match=message):
+        engine.run(x)
+
+
+def test_nan_inputs_are_refused_when_asked(lenet_bundle):
+    x = samples(1)
+    x[0, 0, 0, 0] = np.nan
+    with load(lenet_bundle, reject_nan=True) as engine, pytest.raises(ShapeError, match="NaN"):
+        engine.run(x)
+    engine = load(lenet_bundle)
+    engine.close()
+    with pytest.raises(KompaktError, match="closed"):
+        engine.run(samples(1))
+
+
+def test_predict_applies_the_bundle_preprocessing(lenet_bundle):
+    with load(lenet_bundle) as engine:
+        image = np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8)
+        prediction = engine.predict([image], top_k=3)[0]
+        manifest = engine.manifest["preprocessing"]
+        mean, std = np.array(manifest["mean"]), np.array(manifest["std"])
+        x = ((image / 255.0 - mean) / std).astype(np.float32)[None, None]
+        assert prediction.index == int(engine.run(x).argmax())
+        assert len(prediction.top_k) == 3 and prediction.label in engine.class_names
+        with pytest.raises(ShapeError, match="resize it first"):
+            engine.predict([np.zeros((10, 8), np.uint8)])
+
+
+def copy_bundle(src, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_file_is_refused_with_its_name(lenet_bundle, tmp_path):
+    bundle = copy_bundle(lenet_bundle, tmp_path)
+    artefact = bundle / "model.optimized.onnx"
+    data = bytearray(artefact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artefact.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.optimized\.onnx does not match its sha256"):
+        load(bundle)
+
+
+def test_truncated_file_is_refused(lenet_bundle, tmp_path):
+    bundle = copy_bundle(lenet_bundle, tmp_path)
+    model = bundle / "model.onnx"
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(BundleError, match=r"model\.onnx has 100 bytes.*truncated"):
+        load(bundle)
+
+
+@pytest.mark.parametrize("path", ["../outside.onnx", "/etc/passwd", "sub/../../x"])
+def test_paths_leaving_the_bundle_are_refused(lenet_bundle, tmp_path, path):
+    bundle = copy_bundle(lenet_bundle, tmp_path)
+    manifest = json.loads((bundle / "kompakt.json").read_text())
+    manifest["files"]["evil"] = {"path": path, "sha256": "0" * 64, "bytes": 1}
+    (bundle / "kompakt.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="leaves the bundle directory"):
+        read_manifest(bundle)
+
+
+def test_manifest_schema_is_enforced(lenet_bundle):
+    manifest = json.loads((lenet_bundle / "kompakt.json").read_text())
+    validate_manifest(manifest)
+    broken = {k: v for k, v in manifest.items() if k != "inputs"}
+    with pytest.raises(BundleError, match="missing required key 'inputs'"):
+        validate_manifest(broken)
+    with pytest.raises(BundleError, match="precision"):
+        validate_manifest({**manifest, "precision": "int4"})
+    with pytest.raises(BundleError, match="not a kompakt bundle"):
+        load(lenet_bundle.parent)
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_one_engine_shared_by_8_threads(lenet_bundle):
+    engine = load(lenet_bundle)
+    inputs = [samples(1) + i for i in range(8)]
+    expected = [engine.run(x) for x in inputs]
+    for x in inputs:  # warm-up
+        for _ in range(50):
+            engine.run(x)
+    before = rss_kib()
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(500):
+                np.testing.assert_allclose(engine.run(inputs[i]), expected[i], rtol=1e-6)
+        except Exception as error:  # collected, reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert rss_kib() <= before * 1.05
+    engine.close()
+
+
+def test_example_app_classifies_images(lenet_bundle):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "classify.py"), str(lenet_bundle)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("->") == 4
+
+
+def test_cli_predict_on_image_files(lenet_bundle, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompakt.cli", "predict", str(lenet_bundle), *paths, "--json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["image"] for r in rows] == paths and all(0 <= r["score"] <= 1 for r in rows)
