@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from tqdm import tqdm
 from kompakt.export import ExportConfig, export_onnx
 from kompakt.layers import TTConv2d, TTLinear
 from kompakt.machine import describe_machine
+from kompakt.runtime_bench.timing import interleaved_medians
 
 LINEAR_CASES = [
     ("25088->4096 r4", 25088, 4096, (2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4), 4),
@@ -53,17 +52,10 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 
 def time_interleaved(sessions: dict, x: np.ndarray, runs: int, warmup: int) -> dict[str, float]:
     """Median seconds per run for each session, timed round-robin so drift hits all equally."""
-    feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
-    for name, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[name])
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(runs):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[name])
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    calls = {
+        name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for name, s in sessions.items()
+    }
+    return interleaved_medians(calls, runs, warmup)
 
 
 def export_plain(module: nn.Module, example: torch.Tensor, path: Path) -> Path:

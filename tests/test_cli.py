@@ -18,7 +18,16 @@ def test_version_and_help():
     assert __version__ in invoke("--version").output
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("layers", "tt-plan"):
+    for command in (
+        "layers",
+        "tt-plan",
+        "train",
+        "inspect",
+        "export",
+        "lint-trt",
+        "deploy",
+        "predict",
+    ):
         assert command in result.output
         assert invoke(command, "--help").exit_code == 0
 

@@ -1,0 +1,1 @@
+"""Measurement: latency, throughput, memory, accuracy, parity (see timing.py)."""
