@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -394,6 +395,75 @@ def predict_command(
     for row in rows:
         alternatives = ", ".join(f"{t['label']} {t['score']:.3f}" for t in row["top_k"])
         click.echo(f"{row['image']}: {row['label']} ({row['score']:.3f})  [{alternatives}]")
+
+
+@cli.command("bench")
+@click.argument("bundles", nargs=-1, type=click.Path())
+@click.option("--batch", "batches", default="1,8,32", show_default=True)
+@click.option("--warmup-s", default=1.0, show_default=True, type=float)
+@click.option("--min-runs", default=50, show_default=True, type=int)
+@click.option("--duration-s", default=3.0, show_default=True, type=float)
+@click.option("--threads", default=None, type=int)
+@click.option("--data", default=None, help="Dataset for accuracy through the engine.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
+@click.option("--rounds", default=2, show_default=True, type=int)
+@click.option("--report", default=None, help="Directory for results.json, report.md, CSV, PNGs.")
+@click.option("--compare", nargs=2, type=click.Path(), default=None,
+              help="OLD.json NEW.json: print regressions, exit 1 if any.")  # fmt: skip
+@click.option("--threshold", default=0.10, show_default=True, type=float)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_command(bundles: tuple[str, ...], batches: str, compare: tuple[str, str] | None,
+                  threshold: float, as_json: bool, **opts: object) -> None:  # fmt: skip
+    """Measure bundles side by side: latency, memory, size, accuracy, parity."""
+    from kompakt.runtime_bench.bench import compare as compare_results
+    from kompakt.runtime_bench.bench import run
+
+    if compare:
+        old, new = (json.loads(Path(p).read_text()) for p in compare)
+        regressions = compare_results(old, new, threshold)
+        for line in regressions:
+            click.echo(f"REGRESSION {line}")
+        if regressions:
+            sys.exit(1)
+        click.echo(f"no regressions beyond {threshold:.0%}")
+        return
+    batch_list = tuple(int(b) for b in _int_list(batches, "batch") or (1,))
+    results = run(list(bundles), batch_list, **opts)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    from kompakt.runtime_bench.report import render_markdown
+
+    click.echo(render_markdown(results))
+
+
+@cli.command("pipeline")
+@click.option("--config", type=click.Path(), default=None,
+              help="Pipeline TOML (default: the packaged mnist5k run).")  # fmt: skip
+@click.option("--out", default=None, help="Output directory (overrides [pipeline] out).")
+@click.option("--force", is_flag=True, help="Re-run every stage, ignoring the cache.")
+@click.option("--show-config", is_flag=True, help="Print the default config and exit.")
+@click.option("--json", "as_json", is_flag=True)
+def pipeline_command(config: str | None, out: str | None, force: bool, show_config: bool,
+                     as_json: bool) -> None:  # fmt: skip
+    """Train, compress, export, deploy and benchmark from one TOML file."""
+    from importlib import resources
+
+    from kompakt.pipeline import format_summary, run_pipeline
+
+    if show_config:
+        click.echo(resources.files("kompakt.pipeline").joinpath("default.toml").read_text())
+        return
+    result = run_pipeline(config, out, force)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(format_summary(result["summary"]))
+    click.echo(f"\n{result['out']}: report/report.md, report/*.png, summary.json "
+               f"({result['wall_s']} s)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -339,6 +339,7 @@ def _manifest(config, options, artefact, meta, inputs, outputs, quantization, gr
         "outputs": outputs,
         "max_batch": max_batch,
         "artifact": artefact.path,
+        "artifact_files": [artefact.path, *artefact.extra],
         "files": {},
         "preprocessing": {
             "mean": pre.get("mean") or [0.0] * (channels if isinstance(channels, int) else 1),

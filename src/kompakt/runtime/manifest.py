@@ -69,10 +69,14 @@ def _check(value: object, schema: dict, where: str, root: dict) -> None:
             _check(item, schema["items"], f"{where}[{i}]", root)
 
 
+def check_schema(value: object, schema: dict, name: str) -> None:
+    """Raise BundleError if `value` does not follow `schema` (the subset `_check` knows)."""
+    _check(value, schema, name, schema)
+
+
 def validate_manifest(manifest: dict) -> None:
     """Raise BundleError if `manifest` does not follow the schema."""
-    schema = manifest_schema()
-    _check(manifest, schema, "kompakt.json", schema)
+    check_schema(manifest, manifest_schema(), "kompakt.json")
 
 
 def sha256_file(path: Path) -> str:

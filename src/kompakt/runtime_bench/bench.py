@@ -1,0 +1,260 @@
+"""`kompakt bench`: several bundles measured side by side; results JSON is the source of truth.
+
+Latency comes from a fresh worker process per (round, batch, bundle), visited A B A B ... so
+machine drift hits every bundle equally; each worker also reports its peak RSS. Accuracy and
+parity vs the PyTorch checkpoint are measured in this process through the same engine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from kompakt import __version__
+from kompakt.errors import ConfigError, KompaktError
+from kompakt.machine import describe_machine
+from kompakt.runtime import load
+from kompakt.runtime.manifest import check_schema, read_manifest
+
+CV_WARNING = 0.10
+
+
+def results_schema() -> dict:
+    text = resources.files("kompakt.runtime_bench").joinpath("results.schema.json").read_text()
+    return json.loads(text)
+
+
+def latency_stats(times_s: list[float], batch: int) -> dict:
+    """Mean, std, percentiles (ms), throughput and coefficient of variation of timed runs."""
+    ms = np.asarray(times_s) * 1e3
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return {"runs": len(ms), "mean_ms": mean, "std_ms": std, "p50_ms": p50, "p90_ms": p90,
+            "p99_ms": p99, "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "throughput_per_s": batch * 1e3 / mean, "cv": std / mean if mean else 0.0}  # fmt: skip
+
+
+def _worker(bundle: Path, batch: int, warmup_s: float, min_runs: int, duration_s: float,
+            threads: int | None) -> dict:  # fmt: skip
+    cmd = [sys.executable, "-m", "kompakt.runtime_bench.worker", str(bundle), "--batches",
+           str(batch), "--warmup-s", str(warmup_s), "--min-runs", str(min_runs), "--duration-s",
+           str(duration_s)]  # fmt: skip
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KompaktError(f"benchmark worker failed on {bundle} at batch {batch}: {last}")
+    return json.loads(proc.stdout)
+
+
+def _dataset(name: str, split: str, root: str | None):
+    from kompakt.data import load_dataset
+
+    data = load_dataset(name, root=root)
+    x, y = data.split(split)
+    return x.numpy(), y.numpy(), data.info
+
+
+def _run_all(engine, x: np.ndarray) -> np.ndarray:
+    """Outputs for every row of x, in chunks the engine accepts."""
+    step = min(64, engine.max_batch or 64)
+    return np.concatenate([engine.run(x[i : i + step]) for i in range(0, len(x), step)])
+
+
+def _accuracy(engine, x: np.ndarray, y: np.ndarray, task: str) -> dict:
+    logits = _run_all(engine, x)
+    logits = logits.reshape(len(logits), logits.shape[1], -1).mean(-1)
+    if task == "regression":
+        return {"rmse": float(np.sqrt(np.mean((logits.reshape(-1) - y) ** 2))), "samples": len(y)}
+    out = {"top1": float((logits.argmax(1) == y).mean()), "samples": len(y)}
+    if logits.shape[1] > 10:
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        out["top5"] = float((top5 == y[:, None]).any(1).mean())
+    return out
+
+
+def _parity(engine, ckpt: str, x: np.ndarray) -> dict:
+    import torch
+
+    from kompakt.train import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(ckpt))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    got = _run_all(engine, x)
+    diff = np.abs(reference.astype(np.float64) - got)
+    return {"max_abs": float(diff.max()),
+            "max_rel": float(diff.max() / max(float(np.abs(reference).max()), 1e-12)),
+            "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
+            "samples": len(x)}  # fmt: skip
+
+
+def _bundle_bytes(bundle: Path, manifest: dict) -> tuple[int, int]:
+    """(bytes the engine loads: the artefact and its side files, bytes of the whole bundle)."""
+    files = manifest["files"]
+    names = manifest.get("artifact_files") or [manifest["artifact"]]
+    artefact = sum(files[n]["bytes"] for n in names if n in files)
+    return artefact, sum(f["bytes"] for f in files.values())
+
+
+def run(
+    bundles: list[str | Path],
+    batches: tuple[int, ...] = (1, 8, 32),
+    warmup_s: float = 1.0,
+    min_runs: int = 50,
+    duration_s: float = 3.0,
+    threads: int | None = None,
+    data: str | None = None,
+    split: str = "test",
+    data_root: str | None = None,
+    ckpt: str | None = None,
+    rounds: int = 2,
+    report: str | Path | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Measure bundles side by side and return the results (also written under `report`)."""
+    from tqdm import tqdm
+
+    if not bundles:
+        raise ConfigError("kompakt bench needs at least one bundle directory")
+    if rounds < 1 or min_runs < 1 or any(b < 1 for b in batches):
+        raise ConfigError("rounds, min_runs and every batch must be >= 1")
+    paths = [Path(b) for b in bundles]
+    manifests = [read_manifest(p) for p in paths]  # verifies every hash before measuring
+    names = _unique_names(paths)
+    samples: dict[tuple[int, int], list[float]] = {}
+    per_bundle: list[dict] = [{"create_s": [], "first_s": [], "peak": [], "baseline": []}
+                              for _ in paths]  # fmt: skip
+    jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
+    bar = tqdm(jobs, desc="bench", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    for _, batch, i in bar:
+        max_batch = manifests[i].get("max_batch")
+        if max_batch is not None and batch > max_batch:
+            continue
+        result = _worker(paths[i], batch, warmup_s if _ == 0 else warmup_s / 2,
+                         max(1, min_runs // rounds), duration_s / rounds, threads)  # fmt: skip
+        samples.setdefault((i, batch), []).extend(result["times"][str(batch)])
+        record = per_bundle[i]
+        record["create_s"].append(result["create_s"])
+        record["first_s"].append(result["first_inference_s"])
+        record["peak"].append(result["peak_rss_kib"] or 0)
+        record["baseline"].append(result["baseline_rss_kib"] or 0)
+
+    x_eval = y_eval = info = None
+    if data:
+        x_eval, y_eval, info = _dataset(data, split, data_root)
+    results = []
+    for i, (path, manifest) in enumerate(zip(paths, manifests, strict=True)):
+        artefact_bytes, total_bytes = _bundle_bytes(path, manifest)
+        record = per_bundle[i]
+        latency = {str(b): latency_stats(samples[(i, b)], b) for b in batches if (i, b) in samples}
+        entry = {
+            "name": names[i], "path": str(path), "backend": manifest["backend"],
+            "precision": manifest["precision"], "artefact_bytes": artefact_bytes,
+            "bundle_bytes": total_bytes, "latency": latency,
+            "create_s": float(np.mean(record["create_s"])) if record["create_s"] else None,
+            "first_inference_s": float(np.mean(record["first_s"])) if record["first_s"] else None,
+            "peak_rss_mib": max(record["peak"]) / 1024 if record["peak"] else None,
+            "baseline_rss_mib": min(record["baseline"]) / 1024 if record["baseline"] else None,
+            "accuracy": None, "parity": None, "warnings": [],
+        }  # fmt: skip
+        if entry["peak_rss_mib"] is not None:
+            entry["rss_delta_mib"] = entry["peak_rss_mib"] - entry["baseline_rss_mib"]
+        for batch, stats in latency.items():
+            if stats["cv"] > CV_WARNING:
+                entry["warnings"].append(
+                    f"batch {batch}: coefficient of variation {stats['cv']:.0%} > "
+                    f"{CV_WARNING:.0%} (noisy machine?)"
+                )
+        if x_eval is not None or ckpt:
+            with load(path, threads=threads) as engine:
+                if x_eval is not None:
+                    measured = _accuracy(engine, x_eval, y_eval, info.task)
+                    entry["accuracy"] = {"dataset": data, "split": split, **measured}
+                if ckpt:
+                    x = x_eval[:256] if x_eval is not None else _random_input(engine)
+                    entry["parity"] = _parity(engine, ckpt, x)
+        results.append(entry)
+    _add_ratios(results)
+    out = {
+        "schema": "kompakt-bench/1",
+        "kompakt_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"batches": list(batches), "warmup_s": warmup_s, "min_runs": min_runs,
+                     "duration_s": duration_s, "threads": threads, "rounds": rounds,
+                     "order": "interleaved per round and batch (A B A B ...)",
+                     "ort_spinning": False, "data": data, "split": split},
+        "machine": describe_machine(("onnxruntime", "openvino", "tensorrt")),
+        "gpu_note": None if describe_machine(())["gpu"] else "GPU: not measured (no GPU)",
+        "bundles": results,
+    }  # fmt: skip
+    check_schema(out, results_schema(), "bench results")
+    for entry in results:
+        for message in entry["warnings"]:
+            warnings.warn(f"{entry['name']}: {message}", stacklevel=2)
+    if report:
+        from kompakt.runtime_bench.report import write_report
+
+        write_report(out, Path(report))
+    return out
+
+
+def _random_input(engine) -> np.ndarray:
+    shape = [d if isinstance(d, int) else 8 for d in engine.inputs[0].shape]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.parent.name}/{p.name}" for p in paths]
+
+
+def _add_ratios(results: list[dict]) -> None:
+    """Each bundle vs the first (the baseline): >1 means better (faster, smaller, leaner)."""
+    base = results[0]
+    for entry in results:
+        ratios = {"artefact_size": base["artefact_bytes"] / max(entry["artefact_bytes"], 1)}
+        for batch, stats in entry["latency"].items():
+            if batch in base["latency"]:
+                ratios[f"p50_speedup_b{batch}"] = base["latency"][batch]["p50_ms"] / stats["p50_ms"]
+        if entry.get("peak_rss_mib") and base.get("peak_rss_mib"):
+            ratios["peak_rss"] = base["peak_rss_mib"] / entry["peak_rss_mib"]
+        entry["vs_baseline"] = {k: round(v, 3) for k, v in ratios.items()}
+
+
+def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: float = 0.5) -> list:
+    """Regressions of `new` vs `old` (bundles matched by name): slower p50 latency or higher
+    peak RSS by more than `threshold`, accuracy lower by more than `accuracy_points`."""
+    regressions = []
+    before = {b["name"]: b for b in old["bundles"]}
+    for entry in new["bundles"]:
+        ref = before.get(entry["name"])
+        if ref is None:
+            continue
+        for batch, stats in entry["latency"].items():
+            if batch in ref["latency"]:
+                was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
+                if now > was * (1 + threshold):
+                    regressions.append(f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
+                                       f"{now:.3f} ms (+{now / was - 1:.0%})")  # fmt: skip
+        if ref.get("peak_rss_mib") and entry.get("peak_rss_mib"):
+            was, now = ref["peak_rss_mib"], entry["peak_rss_mib"]
+            if now > was * (1 + threshold):
+                regressions.append(f"{entry['name']}: peak RSS {was:.1f} -> {now:.1f} MiB")
+        acc_old, acc_new = (ref.get("accuracy") or {}), (entry.get("accuracy") or {})
+        if "top1" in acc_old and "top1" in acc_new:
+            drop = 100 * (acc_old["top1"] - acc_new["top1"])
+            if drop > accuracy_points:
+                regressions.append(f"{entry['name']}: top-1 down {drop:.2f} points")
+    return regressions

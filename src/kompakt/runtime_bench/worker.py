@@ -1,0 +1,116 @@
+"""One measured configuration in a fresh process: `python -m kompakt.runtime_bench.worker`.
+
+Imports only kompakt.runtime (numpy + the bundle's backend, never torch), so the peak RSS it
+reports is what an app embedding the engine would pay. Prints one JSON object on stdout:
+baseline RSS (interpreter + backend imported), engine creation time, first-inference time, the
+timed runs per batch after a warm-up, and the process's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _peak_kib() -> int | None:
+    peak = _status_kib("VmHWM")
+    if peak is None:  # not Linux: getrusage reports the peak (KiB on Linux, bytes on macOS)
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = usage // 1024 if sys.platform == "darwin" else usage
+    return peak
+
+
+BACKEND_MODULES = {
+    "onnxruntime": "onnxruntime",
+    "onnxruntime-cuda": "onnxruntime",
+    "onnxruntime-tensorrt": "onnxruntime",
+    "openvino": "openvino",
+    "tensorrt": "tensorrt",
+}
+
+
+def measure(
+    bundle: str,
+    batches: list[int],
+    warmup_s: float,
+    min_runs: int,
+    duration_s: float,
+    threads: int | None,
+) -> dict:
+    import numpy as np
+
+    from kompakt.runtime import load
+    from kompakt.runtime.manifest import read_manifest
+
+    manifest = read_manifest(bundle, verify=False)
+    module = BACKEND_MODULES.get(manifest["backend"])
+    if module:
+        importlib.import_module(module)
+    baseline = _status_kib("VmRSS")
+    start = time.perf_counter()
+    engine = load(bundle, threads=threads)
+    create_s = time.perf_counter() - start
+    shape = [d if isinstance(d, int) else 1 for d in engine.inputs[0].shape]
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal([batches[0], *shape[1:]]).astype(np.float32)
+    start = time.perf_counter()
+    engine.run(first)
+    first_s = time.perf_counter() - start
+    results = {}
+    for batch in batches:
+        x = rng.standard_normal([batch, *shape[1:]]).astype(np.float32)
+        deadline = time.perf_counter() + warmup_s
+        while time.perf_counter() < deadline:  # warm-up runs are never timed
+            engine.run(x)
+        times: list[float] = []
+        begin = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - begin < duration_s:
+            t0 = time.perf_counter()
+            engine.run(x)
+            times.append(time.perf_counter() - t0)
+        results[str(batch)] = times
+    engine.close()
+    return {
+        "baseline_rss_kib": baseline,
+        "peak_rss_kib": _peak_kib(),
+        "create_s": create_s,
+        "first_inference_s": first_s,
+        "times": results,
+        "threads": threads,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("bundle")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--min-runs", type=int, default=50)
+    parser.add_argument("--duration-s", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    result = measure(args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s,
+                     args.threads)  # fmt: skip
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
