@@ -159,9 +159,9 @@ def apply_tt_mode(
     a TT layer made dense) and one record per layer.
 
     Forms: TTLinear "factored" (core chain) or "dense" (Gemm); TTConv2d "factored" (the kernel
-    is rebuilt in-graph from the cores and fed to one Conv, so the file keeps only the cores),
-    "chain" (spatial conv + per-pixel core chain, chosen by `auto` only when it needs fewer
-    multiply-adds than the Conv) or "dense" (a plain Conv).
+    is rebuilt in-graph from the cores and fed to one Conv, so the file keeps only the cores;
+    `auto`'s default), "chain" (spatial conv + per-pixel core chain, chosen by `auto` only when
+    it needs fewer multiply-adds than the Conv) or "dense" (a plain Conv).
     """
     records = []
     conv_hw = _conv_input_hw(model, example)
@@ -184,7 +184,10 @@ def apply_tt_mode(
                 * (module.kernel_size[0] * module.kernel_size[1])
             )
             if mode == "auto":
-                form = "chain" if costs.get("factored", math.inf) < conv else "dense"
+                # "factored" (kernel rebuilt in-graph) costs the Conv's MACs per run, since
+                # runtimes fold the rebuild once at load, and keeps the file small: it wins
+                # the tie with "dense"; "chain" wins only if it needs fewer MACs than the Conv.
+                form = "chain" if costs.get("factored", math.inf) < conv else "factored"
             else:
                 form = mode
             macs = {"chain": costs.get("factored", 0), "dense": conv, "factored": costs["dense"]}[

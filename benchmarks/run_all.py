@@ -1,0 +1,218 @@
+"""Run the whole benchmark suite in one go and regenerate benchmarks/RESULTS.md.
+
+    python benchmarks/run_all.py                 # everything (about 25 minutes on 2 cores)
+    python benchmarks/run_all.py --only render   # just re-render RESULTS.md from the JSONs
+
+Each benchmark writes its JSON (with the machine) to benchmarks/results/; the pipeline's
+results come from runs/pipeline/ (`kompakt pipeline`, the default mnist5k config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+STEPS = {
+    "tt_linear": [sys.executable, str(HERE / "tt_linear.py")],
+    "export_tt": [sys.executable, str(HERE / "export_tt.py")],
+    "runtime_overhead": [sys.executable, str(HERE / "runtime_overhead.py")],
+    "precision": [sys.executable, str(HERE / "precision.py")],
+    "train_mnist5k": [sys.executable, str(HERE / "train_mnist5k.py")],
+    "pipeline": [sys.executable, "-m", "kompakt.cli", "pipeline", "--out", "runs/pipeline"],
+}
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pipeline() -> dict | None:
+    path = HERE.parent / "runs" / "pipeline" / "summary.json"
+    if not path.is_file():
+        path = RESULTS / "pipeline_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def headline(summary: dict) -> list[str]:
+    rows = summary["summary"]
+    lines = [
+        "| bundle | parameters | file KiB | ORT p50 b1 ms | ORT p50 b32 ms | peak RSS MiB "
+        "| test top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lat = r["p50_ms"]
+        lines.append(
+            f"| {r['bundle']} | {r['params']:,} | {r['artefact_kib']:.1f} | "
+            f"{lat.get('1', float('nan')):.3f} | {lat.get('32', float('nan')):.3f} | "
+            f"{r['peak_rss_mib']:.1f} | {100 * r['top1']:.2f} % |"
+        )
+    by = {r["bundle"]: r for r in rows}
+    dense, tt = by.get("dense-onnxruntime-fp32"), by.get("tt-onnxruntime-fp32")
+    if dense and tt:
+        speed = dense["p50_ms"]["1"] / tt["p50_ms"]["1"]
+        size = dense["artefact_kib"] / tt["artefact_kib"]
+        rss = tt["peak_rss_mib"] / dense["peak_rss_mib"]
+        points = 100 * (dense["top1"] - tt["top1"])
+        checks = [
+            ("latency at batch 1", ">= 3x lower", f"{speed:.2f}x", speed >= 3),
+            ("file size", ">= 30x smaller", f"{size:.1f}x", size >= 30),
+            ("peak RSS of the runtime process", "<= 0.5x", f"{rss:.2f}x", rss <= 0.5),
+            ("accuracy", "within 1.5 points", f"{points:+.2f} points", points <= 1.5),
+        ]
+        lines += [
+            "",
+            "Whole-model goal, `garipov-tt-conv-tt-fc` vs dense `garipov-conv-fc` on "
+            "ONNX Runtime CPU (fp32):",
+            "",
+            "| criterion | goal | measured | |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {c} | {g} | {m} | {'met' if ok else 'missed'} |" for c, g, m, ok in checks]
+    return lines
+
+
+def render() -> str:
+    out = [
+        "# kompakt benchmark results",
+        "",
+        f"Regenerated {datetime.now(timezone.utc).date()} by `benchmarks/run_all.py` from the "
+        "JSON files in `benchmarks/results/` (each records its machine and settings).",
+        "",
+    ]
+    summary = _pipeline()
+    machine = None
+    if summary:
+        out += ["## Headline: the default `kompakt pipeline` (mnist5k, 3 epochs each)", ""]
+        out += headline(summary)
+        out += ["", f"Pipeline wall time: {summary['wall_s']} s.", ""]
+    tt = _load("tt_linear")
+    if tt:
+        machine = tt["machine"]
+        out += [
+            "## TTLinear vs nn.Linear, PyTorch CPU (`tt_linear.py`)",
+            "",
+            "| case | batch | dense ms | TT ms | speedup | MAC ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['case']} | {r['batch']} | {r['dense_ms']:.3f} | {r['tt_ms']:.3f} | "
+            f"{r['speedup']:.1f}x | {r['macs_ratio']:.1f}x |"
+            for r in tt["rows"]
+        ]
+        out.append("")
+    ex = _load("export_tt")
+    if ex:
+        out += [
+            "## Exported TT layers in ONNX Runtime CPU (`export_tt.py`)",
+            "",
+            "| case | batch | dense ms | TT factored ms | auto (form) | factored x | auto x "
+            "| vs tltorch factorized | vs tltorch reconstructed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in ex["linear"]:
+            peer = r.get("kompakt_vs_tltorch", {})
+            out.append(
+                f"| {r['case']} | {r['batch']} | {r['ms']['dense']:.3f} | "
+                f"{r['ms']['kompakt-factored']:.3f} | {r['ms']['kompakt-auto']:.3f} "
+                f"({r['auto_form']}) | {r['speedup_vs_dense']['kompakt-factored']:.2f}x | "
+                f"{r['speedup_vs_dense']['kompakt-auto']:.2f}x | "
+                f"{peer.get('tltorch-factorized', float('nan')):.2f}x | "
+                f"{peer.get('tltorch-reconstructed', float('nan')):.2f}x |"
+            )
+        out += [
+            "",
+            "| TT-conv (ranks 8) | batch | factored ms | dense ms | nn.Conv2d ms | "
+            "factored / dense | file KiB factored / dense |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in ex["conv"]:
+            out.append(
+                f"| {r['case']} | {r['batch']} | {r['ms']['factored']:.3f} | "
+                f"{r['ms']['dense']:.3f} | {r['ms']['nn.Conv2d']:.3f} | "
+                f"{r['factored_latency_vs_dense']:.2f} | {r['file_kib']['factored']:.0f} / "
+                f"{r['file_kib']['dense']:.0f} |"
+            )
+        out.append("")
+    ro = _load("runtime_overhead")
+    if ro:
+        out += [
+            "## `Engine.run` vs raw `InferenceSession.run` (`runtime_overhead.py`)",
+            "",
+            "| model | batch | raw us | engine us | overhead |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['batch']} | {r['raw_us']} | {r['engine_us']} | "
+            f"{r['overhead_us']} us ({r['overhead_pct']} %) |"
+            for r in ro["rows"]
+        ]
+        out.append("")
+    pr = _load("precision")
+    if pr:
+        out += [
+            "## FP32 vs INT8, ONNX Runtime vs OpenVINO (`precision.py`, mnist5k test split)",
+            "",
+            "| model | backend | precision | batch | ms | vs fp32 | top-1 | drop (points) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+            f"{r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | {100 * r['test_top1']:.2f} % | "
+            f"{r['drop_points']:+.2f} |"
+            for r in pr["rows"]
+        ]
+        out.append("")
+    tr = _load("train_mnist5k")
+    if tr:
+        out += [
+            "## Training on mnist5k (`train_mnist5k.py`)",
+            "",
+            "| model | epochs | parameters | vs conv-fc | test top-1 | wall s |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['epochs']} | {r['params']:,} | "
+            f"{r['compression_vs_conv_fc']:.1f}x fewer | {100 * r['test_accuracy']:.2f} % | "
+            f"{r['wall_s']} |"
+            for r in tr["rows"]
+        ]
+        out.append("")
+    machine = machine or (pr or ro or {}).get("machine")
+    if machine:
+        out += [
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, "
+            f"{machine.get('memory_gib')} GiB, {machine['os']}, Python {machine['python']}. "
+            "GPU: not measured (no GPU on this project's machines).",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--only", default=None, help=f"comma list of steps ({', '.join(STEPS)}) or 'render'"
+    )
+    args = parser.parse_args(argv)
+    steps = list(STEPS) if not args.only else [s for s in args.only.split(",") if s in STEPS]
+    for step in steps:
+        print(f"== {step}", file=sys.stderr)
+        subprocess.run(STEPS[step], check=True, cwd=HERE.parent)
+    summary = _pipeline()
+    if summary:
+        (RESULTS / "pipeline_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (HERE / "RESULTS.md").write_text(render())
+    print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

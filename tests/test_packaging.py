@@ -1,0 +1,33 @@
+"""The install story: package data is shipped, and the Docker images install what CI tests."""
+
+from fnmatch import fnmatch
+from pathlib import Path
+
+import tomllib
+
+from kompakt.pipeline import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_data_file_in_the_package_is_declared_as_package_data():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["kompakt"]
+    package = ROOT / "src" / "kompakt"
+    data_files = [p.relative_to(package).as_posix() for p in package.rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc")]  # fmt: skip
+    missing = [f for f in data_files if not any(fnmatch(f, pat) for pat in patterns)]
+    assert data_files and not missing
+
+
+def test_docker_images_and_ci_share_one_install_script():
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        assert "bash scripts/install.sh" in text and 'ENTRYPOINT ["kompakt"]' in text
+    assert "scripts/install.sh" in (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_example_pipeline_configs_are_valid():
+    for path in sorted((ROOT / "examples").glob("*.toml")):
+        assert load_config(path)["models"], path
