@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Until `kompakt pipeline` lands (bench/pipeline issue), this trains the TT-conv-TT-fc
-# model on the embedded mnist5k data (about a minute on 2 cores) and prints its per-layer table.
+# The main job: `kompakt pipeline` with the packaged default config (train dense / TT / MetaHead
+# models on the embedded mnist5k digits, export, deploy to ONNX Runtime FP32+INT8 and OpenVINO,
+# benchmark side by side). About 3 minutes on 2 cores; re-runs reuse finished stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV=${KOMPAKT_VENV:-.venv}
-OUT=${KOMPAKT_OUT:-runs/main}
-"$VENV/bin/kompakt" train --model garipov-tt-conv-tt-fc --data mnist5k --epochs 5 --out "$OUT" "$@"
-"$VENV/bin/kompakt" inspect "$OUT/best.pt"
+"$VENV/bin/kompakt" pipeline --out "${KOMPAKT_OUT:-runs/pipeline}" "$@"

@@ -202,6 +202,19 @@ def _print_registry(registry, as_json: bool) -> None:
 @click.option("--nproc", default=1, show_default=True, type=int, help="DDP processes.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="Extra model builder argument (repeatable), e.g. width=0.25.")  # fmt: skip
+@click.option(
+    "--prune",
+    type=click.Choice(["relevance"]),
+    default=None,
+    help="Filter pruning during training (relevance statistics with dummy filters).",
+)
+@click.option(
+    "--prune-target",
+    default=0.6,
+    show_default=True,
+    type=float,
+    help="Filter sparsity to reach with --prune.",
+)
 @click.option("--quiet", is_flag=True)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -228,6 +241,29 @@ def train_command(ctx: click.Context, **_: object) -> None:
         test = ", ".join(f"{k}={v:.4f}" for k, v in result.get("test", {}).items())
         click.echo(f"done: {result.get('params')} parameters; test {test}; checkpoints in "
                    f"{result.get('out')}")  # fmt: skip
+
+
+@cli.command("prune")
+@click.argument("ckpt", type=click.Path())
+@click.option("--method", type=click.Choice(["l1", "euclidean", "relevance"]), required=True)
+@click.option("--ratio", default=0.6, show_default=True, type=float, help="Filter sparsity.")
+@click.option("--finetune-epochs", default=3, show_default=True, type=int)
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--data-root", default=None)
+@click.option("--out", required=True, help="Output directory.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr: float,
+                  data_root: str | None, out: str, quiet: bool, as_json: bool) -> None:  # fmt: skip
+    """Prune conv filters of a trained checkpoint (physically removed), then fine-tune."""
+    from kompakt.train.pruning import prune_checkpoint
+
+    result = prune_checkpoint(ckpt, method, ratio, finetune_epochs, out, lr, data_root, quiet)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"pruned ({method}, {ratio:.0%} of filters): {result.get('params')} "
+                   f"parameters; checkpoint {result.get('best')}")  # fmt: skip
 
 
 @cli.command("inspect")

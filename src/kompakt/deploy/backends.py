@@ -96,6 +96,17 @@ class OnnxRuntimeBackend(Backend):
             else "saved at ORT_ENABLE_ALL: may hold hardware-specific kernels (NCHWc, fused ops); "
             "rebuild on another machine"
         )
+        backend_options = {"opt_level": options.opt_level, "threads": options.threads}
+        optimized = bundle / name
+        if not options.ort_format and optimized.stat().st_size > 1.05 * model.stat().st_size:
+            # Folding rebuilt the TT-conv kernels from their cores: ship the smaller graph,
+            # ONNX Runtime folds it again when the session loads.
+            optimized.unlink()
+            note = (
+                "the optimised graph was larger than the source (constant-folded TT "
+                "kernels); shipping the source graph, which ONNX Runtime optimises at load"
+            )
+            return Artefact(model.name, backend_options=backend_options, info={"note": note})
         return Artefact(
             name,
             backend_options={"opt_level": options.opt_level, "threads": options.threads},

@@ -344,6 +344,7 @@ def _atomic_write(model: onnx.ModelProto, path: Path) -> None:
             onnx.save(model, tmp, save_as_external_data=True, location=f"{path.name}.data")
         else:
             onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates it private; an exported model is for sharing
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -21,8 +21,10 @@ def build_model(
     """
     builder = MODELS.get(name)
     try:
-        return builder(
+        model = builder(
             num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
         )
     except TypeError as error:
         raise ConfigError(f"model {name!r}: {error}") from None
+    model.kompakt_input_shape = (in_channels, image_size, image_size)  # for shape-aware tools
+    return model

@@ -26,6 +26,7 @@ def atomic_save(obj: object, path: str | Path) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,8 +83,11 @@ def load_checkpoint(path: str | Path) -> dict:
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model from the registries and load its weights."""
     spec = ckpt["model"]
+    from kompakt.train.pruning import apply_resizes_
+
     model = build_model(spec["name"], **spec.get("kwargs", {}))
     apply_layer_specs_(model, spec.get("layers", []))
+    apply_resizes_(model, spec.get("resized", []))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as error:

@@ -61,6 +61,8 @@ class TrainConfig:
     resume: bool = False
     nproc: int = 1
     quiet: bool = False
+    prune: str | None = None  # "relevance": filter pruning during training
+    prune_target: float = 0.6  # overall filter sparsity to reach
 
 
 def parse_compress(text: str) -> TTConfig | MetaHeadConfig:
@@ -183,6 +185,13 @@ def _validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.prune not in (None, "relevance"):
+        raise ConfigError(
+            f"train --prune takes 'relevance' (pruning during training); for l1/euclidean use "
+            f"`kompakt prune`, got {config.prune!r}"
+        )
+    if config.prune and config.nproc > 1:
+        raise ConfigError("--prune relevance runs in one process; drop --nproc")
     if config.batch_size % config.nproc:
         raise ConfigError(
             f"batch_size={config.batch_size} must be divisible by nproc={config.nproc} (the "
@@ -240,6 +249,15 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
 
+    pruner = None
+    if config.prune == "relevance":
+        from kompakt.train.pruning import RelevanceConfig, RelevancePruner
+
+        steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
+        every = max(10, steps // 40)  # about 30 removal tests over the run
+        relevance = RelevanceConfig(target=config.prune_target, every=every, warmup=every * 3)
+        pruner = RelevancePruner(model, relevance, example=x_train[:1], seed=config.seed)
+
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
@@ -269,6 +287,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
             if augment:
                 xb = _augment(xb, gen)
             xb, yb = xb[rank::world], yb[rank::world]
+            if pruner is not None:
+                pruner.before_step()
             loss = _loss(info.task, net(xb), yb, config.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -279,6 +299,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if pruner is not None:
+                pruner.after_step(loss.item())
             running += loss.item() * len(yb)
             seen += len(yb)
             steps_done += 1
@@ -291,6 +313,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         if rank != 0:
             continue
         last_val = evaluate(model, *data.split("val"), info.task)
+        if pruner is not None:
+            last_val = {**last_val, "filter_sparsity": pruner.sparsity()}
         row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
                **{f"val_{k}": v for k, v in last_val.items()}, "lr": lr,
                "time_s": round(time.perf_counter() - start, 3), "params": params}  # fmt: skip
@@ -305,7 +329,7 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         }
         ckpt = make_checkpoint(model, spec, data_dict, {"val": last_val, "epoch": epoch + 1},
                                train_state)  # fmt: skip
-        if improved:
+        if improved and pruner is None:  # a pruning run's best.pt is its final compact model
             atomic_save(ckpt, out / "best.pt")
         atomic_save(ckpt, last_path)
         with open(metrics_path, "a", encoding="utf-8") as handle:
@@ -316,6 +340,9 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
             print(shown, file=sys.stderr)
     if rank != 0:
         return {}
+    if pruner is not None:
+        last_val = _finish_pruning(pruner, model, spec, data, data_dict, out, config)
+        params = sum(p.numel() for p in model.parameters())
     if not last_val and last_path.is_file():
         last_val = load_checkpoint(last_path)["metrics"].get("val", {})
     test = evaluate(model, *data.split("test"), info.task)
@@ -328,6 +355,23 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         "val": last_val,
         "test": test,
     }
+
+
+def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
+    """Remove the pruned filters for real and save the compact model as last.pt and best.pt."""
+    from kompakt.train.pruning import compact_
+
+    sparsity = pruner.sparsity()
+    pruner.masker.remove()
+    spec["resized"] = compact_(model, pruner.finish())
+    val = evaluate(model, *data.split("val"), data.info.task)
+    val["filter_sparsity"] = sparsity
+    train_state = {"config": _jsonable(asdict(config)), "epoch": config.epochs, "pruned": True}
+    ckpt = make_checkpoint(model, spec, data_dict, {"val": val, "epoch": config.epochs},
+                           train_state)  # fmt: skip
+    atomic_save(ckpt, out / "best.pt")
+    atomic_save(ckpt, out / "last.pt")
+    return val
 
 
 def _jsonable(value: object) -> object:
