@@ -266,6 +266,38 @@ def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr
                    f"parameters; checkpoint {result.get('best')}")  # fmt: skip
 
 
+@cli.command("search")
+@click.option("--space", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
+@click.option("--data", default="digits", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--out", default="runs/search", show_default=True)
+@click.option("--width", default=64, show_default=True, type=int)
+@click.option("--nodes", default=3, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--arch-lr", default=3e-3, show_default=True, type=float)
+@click.option("--prior", type=click.Choice(["dirichlet", "none"]), default="dirichlet",
+              show_default=True)  # fmt: skip
+@click.option("--prior-weight", default=0.01, show_default=True, type=float)
+@click.option("--alpha", default=0.5, show_default=True, type=float)
+@click.option("--size-penalty", default=0.0, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def search_command(as_json: bool, **opts: object) -> None:
+    """Search a cell architecture (first-order DARTS); writes OUT/searched.pt to retrain."""
+    from kompakt.search import SearchConfig, search
+
+    result = search(SearchConfig(**opts))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    edges = ", ".join(f"{e['from']}->{e['to']}: {e['op']}" for e in result["genotype"]["edges"])
+    click.echo(f"searched cell: {edges}; {result['params']} parameters; val {result['val']}")
+    click.echo(f"retrain: kompakt train --init-from {result['searched']} --data ... --out ...")
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)

@@ -10,6 +10,7 @@ from kompakt.models.surgery import (
     compress_,
     layer_specs,
 )
+from kompakt.search import space as _search_space  # noqa: F401  (registers "searched")
 
 __all__ = [
     "MODELS",

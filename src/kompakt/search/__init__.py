@@ -1,0 +1,6 @@
+"""Structure search by relaxation (seed 004): MixedOp cells, first-order DARTS, discretisation."""
+
+from kompakt.search.darts import SearchConfig, search
+from kompakt.search.space import MixedOp, SearchedNet, SuperNet
+
+__all__ = ["MixedOp", "SearchConfig", "SearchedNet", "SuperNet", "search"]
