@@ -24,6 +24,8 @@ STEPS = {
     "runtime_overhead": [sys.executable, str(HERE / "runtime_overhead.py")],
     "precision": [sys.executable, str(HERE / "precision.py")],
     "train_mnist5k": [sys.executable, str(HERE / "train_mnist5k.py")],
+    "prune_mnist5k": [sys.executable, str(HERE / "prune_mnist5k.py")],
+    "search": [sys.executable, str(HERE / "search_experiment.py")],
     "pipeline": [sys.executable, "-m", "kompakt.cli", "pipeline", "--out", "runs/pipeline"],
 }
 
@@ -184,6 +186,41 @@ def render() -> str:
             f"{r['wall_s']} |"
             for r in tr["rows"]
         ]
+        out.append("")
+    pm = _load("prune_mnist5k")
+    if pm:
+        out += [
+            "## Filter pruning at 60 % sparsity on mnist5k (`prune_mnist5k.py`)",
+            "",
+            f"Settings: {pm['settings']}.",
+            "",
+            "| model | method | parameters | multiply-adds | test top-1 | ORT b1 ms | ORT b32 ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['method']} | {r['params']:,} | {r['macs']:,} | "
+            f"{100 * r['test_top1']:.2f} % | {r['ort_ms_b1']:.3f} | {r['ort_ms_b32']:.3f} |"
+            for r in pm["rows"]
+        ]
+        out.append("")
+    se = _load("search")
+    if se:
+        out += [
+            "## Structure search (`search_experiment.py`)",
+            "",
+            "| dataset | model | parameters | test metric | search s |",
+            "|---|---|---|---|---|",
+        ]
+        for r in se["rows"]:
+            metric = (
+                f"RMSE {r['test_rmse']:.3f}"
+                if "test_rmse" in r
+                else f"top-1 {100 * r['test_accuracy']:.2f} %"
+            )
+            out.append(
+                f"| {r['dataset']} | {r['model']} | {r['params']:,} | {metric} | "
+                f"{r['search_s'] if r['search_s'] is not None else '–'} |"
+            )
         out.append("")
     machine = machine or (pr or ro or {}).get("machine")
     if machine:

@@ -24,7 +24,6 @@ from tqdm import tqdm
 from kompakt.data import load_dataset
 from kompakt.errors import ConfigError
 from kompakt.search.space import SearchedNet, SuperNet
-from kompakt.train.checkpoint import atomic_save, make_checkpoint
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,10 @@ def bilevel_step(net, arch_opt, weight_opt, val_batch, train_batch, task, config
 
 
 def search(config: SearchConfig) -> dict:
-    """Run the search; writes supernet.pt, searched.pt (plain model), genotype.json, metrics."""
+    """Run the search; writes searched.pt (the plain model), genotype.json and history.json."""
+    # imported here: the model registry imports this package (for "searched")
+    from kompakt.train.checkpoint import atomic_save, make_checkpoint
+
     if config.prior not in ("dirichlet", "none"):
         raise ConfigError(f"prior must be 'dirichlet' or 'none', got {config.prior!r}")
     if config.epochs < 1 or config.nodes < 1 or config.width < 1:

@@ -366,9 +366,12 @@ class RelevancePruner:
         for group in self.groups:
             keep = (torch.rand(group.channels, generator=self.gen)
                     >= self.config.exclude_fraction).float()  # fmt: skip
+            # like inverted dropout: the kept filters are scaled up so that activations have
+            # the same expected size in these steps as with every filter in (evaluation)
+            scaled = keep / (1.0 - self.config.exclude_fraction)
             dummy_keep = (torch.rand(self.config.dummies, generator=self.gen)
                           >= self.config.exclude_fraction).float()  # fmt: skip
-            self.masker.temporary[id(group)] = keep
+            self.masker.temporary[id(group)] = scaled
             self.in_use.append((keep * group.mask, dummy_keep))
 
     def after_step(self, loss: float) -> None:
@@ -387,12 +390,9 @@ class RelevancePruner:
         if self.steps >= self.config.warmup and self.steps % self.config.every == 0:
             self.test()
 
-    def test(self) -> list[tuple[str, int]]:
-        """Remove filters with P(r_j > r_dummy) <= delta, least relevant first, up to target."""
-        removed = []
-        budget = round(self.config.target * self.total_channels) - round(
-            self.sparsity() * self.total_channels
-        )
+    def _ranked(self, delta: float) -> list[tuple[float, float, int, int]]:
+        """Live filters with P(r_j > r_dummy) <= delta as (p, relevance, group, channel),
+        least relevant first; P is comparable across groups, relevance breaks ties."""
         candidates = []
         for gi, (group, relevance, dummy) in enumerate(
             zip(self.groups, self.relevance, self.dummy, strict=True)
@@ -401,9 +401,18 @@ class RelevancePruner:
                 if group.mask[j] == 0:
                     continue
                 p_above = float((relevance[j] > dummy).double().mean())
-                if p_above <= self.config.delta:
+                if p_above <= delta:
                     candidates.append((p_above, float(relevance[j]), gi, j))
-        for _, _, gi, j in sorted(candidates)[: max(budget, 0)]:
+        return sorted(candidates)
+
+    def _remove(self, candidates: list) -> list[tuple[str, int]]:
+        removed = []
+        budget = round(self.config.target * self.total_channels) - round(
+            self.sparsity() * self.total_channels
+        )
+        for _, _, gi, j in candidates:
+            if len(removed) >= budget:
+                break
             group = self.groups[gi]
             if int(group.mask.sum()) <= 1:
                 continue
@@ -411,9 +420,17 @@ class RelevancePruner:
             removed.append((group.name, j))
         return removed
 
-    def finish(self) -> list[ChannelGroup]:
-        """Stop masking temporarily; the permanent masks stay on the groups."""
+    def test(self) -> list[tuple[str, int]]:
+        """Remove filters with P(r_j > r_dummy) <= delta, least relevant first, up to target."""
+        return self._remove(self._ranked(self.config.delta))
+
+    def finish(self, reach_target: bool = True) -> list[ChannelGroup]:
+        """Stop the random exclusion. With `reach_target`, when the statistical test stopped
+        short of the target sparsity, the least relevant remaining filters go too (so methods
+        compare at equal sparsity). The permanent masks stay on the groups."""
         self.masker.temporary.clear()
+        if reach_target:
+            self._remove(self._ranked(delta=1.0))
         return self.groups
 
 

@@ -361,9 +361,10 @@ def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
     """Remove the pruned filters for real and save the compact model as last.pt and best.pt."""
     from kompakt.train.pruning import compact_
 
+    groups = pruner.finish()
     sparsity = pruner.sparsity()
     pruner.masker.remove()
-    spec["resized"] = compact_(model, pruner.finish())
+    spec["resized"] = compact_(model, groups)
     val = evaluate(model, *data.split("val"), data.info.task)
     val["filter_sparsity"] = sparsity
     train_state = {"config": _jsonable(asdict(config)), "epoch": config.epochs, "pruned": True}
