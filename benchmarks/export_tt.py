@@ -16,10 +16,8 @@ Run: python benchmarks/export_tt.py [--runs 50] [--batches 1,8,64,256]   (tltorc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,7 @@ from tqdm import tqdm
 
 from kompakt.export import ExportConfig, export_onnx
 from kompakt.layers import TTConv2d, TTLinear
-from kompakt.machine import describe_machine
-from kompakt.runtime_bench.timing import interleaved_medians
+from kompakt.runtime_bench.timing import interleaved_medians, save_results
 
 LINEAR_CASES = [
     ("25088->4096 r4", 25088, 4096, (2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4), 4),
@@ -193,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         linear = bench_linear(args, Path(tmp))
         conv = bench_conv(args, Path(tmp))
-    result = {
-        "benchmark": "export_tt",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
+    result = save_results(
+        args.out,
+        "export_tt",
+        {
             "runtime": f"onnxruntime {ort.__version__} CPU EP",
             "threads": args.threads,
             "spinning": False,
@@ -204,13 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "statistic": "median",
         },
-        "machine": describe_machine(),
-        "linear": linear,
-        "conv": conv,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        linear=linear,
+        conv=conv,
+    )
+    out = args.out
 
     print(
         f"{'TT-linear':<16} {'batch':>5} {'dense ms':>9} {'fact ms':>8} {'auto':>10} "

@@ -11,9 +11,7 @@ Writes benchmarks/results/precision.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,8 @@ import numpy as np
 from kompakt.data import load_dataset
 from kompakt.deploy import BuildOptions, DeployConfig, build_bundle, list_backends
 from kompakt.export import export_onnx
-from kompakt.machine import describe_machine
 from kompakt.runtime import load
-from kompakt.runtime_bench.timing import interleaved_medians
+from kompakt.runtime_bench.timing import interleaved_medians, save_results
 from kompakt.train import TrainConfig, fit
 
 MODELS = ("lenet5", "garipov-conv", "garipov-tt-conv-tt-fc")
@@ -107,26 +104,17 @@ def main(argv: list[str] | None = None) -> int:
             == (row["model"], row["backend"], row["batch"], "fp32")
         )
         row["drop_points"] = round(100 * (fp32["test_top1"] - row["test_top1"]), 2)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "precision",
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": {
-                    "runs": args.runs,
-                    "threads": args.threads,
-                    "epochs": args.epochs,
-                    "dataset": "mnist5k test split",
-                    "calibration": "256 train-split images, minmax",
-                },
-                "machine": describe_machine(("onnxruntime", "openvino")),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    save_results(
+        args.out,
+        "precision",
+        {
+            "runs": args.runs,
+            "threads": args.threads,
+            "epochs": args.epochs,
+            "dataset": "mnist5k test split",
+            "calibration": "256 train-split images, minmax",
+        },
+        rows=rows,
     )
     print(
         f"{'model':<22} {'backend':<12} {'prec':<5} {'batch':>5} {'ms':>8} {'vs fp32':>8} "

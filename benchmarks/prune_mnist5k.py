@@ -14,10 +14,8 @@ interleaved medians) of the compacted models. Writes benchmarks/results/prune_mn
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,7 @@ import torch
 from kompakt.data import load_dataset
 from kompakt.export import export_onnx
 from kompakt.inspect import inspect_model
-from kompakt.machine import describe_machine
-from kompakt.runtime_bench.timing import interleaved_medians
+from kompakt.runtime_bench.timing import interleaved_medians, save_results
 from kompakt.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint
 from kompakt.train.pruning import prune_checkpoint
 
@@ -113,26 +110,17 @@ def main(argv: list[str] | None = None) -> int:
                 for row in rows:
                     if row["model"] == name and row["method"] in med:
                         row[f"ort_ms_b{batch}"] = round(med[row["method"]] * 1e3, 4)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "prune_mnist5k",
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": {
-                    "base_epochs": args.base_epochs,
-                    "finetune_epochs": args.finetune_epochs,
-                    "ratio": args.ratio,
-                    "width": args.width,
-                    "dataset": "mnist5k test split",
-                },
-                "machine": describe_machine(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    save_results(
+        args.out,
+        "prune_mnist5k",
+        {
+            "base_epochs": args.base_epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "ratio": args.ratio,
+            "width": args.width,
+            "dataset": "mnist5k test split",
+        },
+        rows=rows,
     )
     print(
         f"{'model':<16} {'method':<20} {'params':>9} {'MACs':>11} {'top-1':>7} {'b1 ms':>7} "

@@ -233,6 +233,23 @@ def render() -> str:
     return "\n".join(out)
 
 
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_readme(summary: dict) -> None:
+    """Replace the README's headline table (between the results markers) with the new one."""
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    table = "\n".join(headline(summary))
+    readme.write_text(
+        f"{head}{BEGIN}\n{table}\n\nPipeline wall time: {summary['wall_s']} s.\n{END}{tail}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary:
         (RESULTS / "pipeline_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (HERE / "RESULTS.md").write_text(render())
+    if summary:
+        update_readme(summary)
     print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)
     return 0
 

@@ -8,10 +8,8 @@ Goal: Engine overhead <= 5 % or <= 20 us. Writes benchmarks/results/runtime_over
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,9 @@ import torch
 
 from kompakt.deploy import BuildOptions, DeployConfig, build_bundle
 from kompakt.export import export_onnx
-from kompakt.machine import describe_machine
 from kompakt.models import build_model
 from kompakt.runtime import load
-from kompakt.runtime_bench.timing import interleaved_medians
+from kompakt.runtime_bench.timing import interleaved_medians, save_results
 
 MODELS = ("lenet5", "garipov-conv")
 
@@ -79,24 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             engine.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "runtime_overhead",
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": {
-                    "runs": args.runs,
-                    "threads": args.threads,
-                    "statistic": "median, interleaved",
-                },
-                "machine": describe_machine(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    save_results(
+        args.out,
+        "runtime_overhead",
+        {
+            "runs": args.runs,
+            "threads": args.threads,
+            "statistic": "median, interleaved",
+        },
+        rows=rows,
     )
     print(f"{'model':<14} {'batch':>5} {'raw us':>9} {'engine us':>10} {'overhead':>14} goal")
     for r in rows:

@@ -9,33 +9,31 @@ search time. Writes benchmarks/results/search.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from kompakt.machine import describe_machine
+from kompakt.runtime_bench.timing import save_results
 from kompakt.search import SearchConfig, search
 from kompakt.train import TrainConfig, fit
 
 CASES = [
-    # dataset, width, hand-designed baseline hidden layers (chosen to match the searched size)
-    ("boston", 32, [40, 24]),
-    ("mnist5k", 64, [80]),
+    # dataset, cell width, hand-designed baseline (one hidden layer of the cell's width: the
+    # stem + head of the searched net), epochs to retrain both (boston has 354 training rows)
+    ("boston", 32, [32], 200),
+    ("mnist5k", 64, [64], 20),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--search-epochs", type=int, default=10)
-    parser.add_argument("--train-epochs", type=int, default=20)
     parser.add_argument("--work", default="runs/bench_search")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search.json"))
     args = parser.parse_args(argv)
     work = Path(args.work)
     rows = []
-    for data, width, hidden in CASES:
+    for data, width, hidden, train_epochs in CASES:
         start = time.perf_counter()
         found = search(
             SearchConfig(
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 init_from=found["searched"],
                 data=data,
                 quiet=True,
-                epochs=args.train_epochs,
+                epochs=train_epochs,
                 out=str(work / data / "retrain"),
                 **optimizer,
             )
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 model="mlp",
                 data=data,
                 quiet=True,
-                epochs=args.train_epochs,
+                epochs=train_epochs,
                 out=str(work / data / "baseline"),
                 model_kwargs={"hidden": hidden},
                 **optimizer,
@@ -84,24 +82,15 @@ def main(argv: list[str] | None = None) -> int:
                     "genotype": found["genotype"] if label == "searched cell" else None,
                 }
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "search",
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": {
-                    "search_epochs": args.search_epochs,
-                    "train_epochs": args.train_epochs,
-                    "optimizer": "adam 1e-3 for retraining and baseline",
-                },
-                "machine": describe_machine(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    save_results(
+        args.out,
+        "search",
+        {
+            "search_epochs": args.search_epochs,
+            "train_epochs": {case[0]: case[3] for case in CASES},
+            "optimizer": "adam 1e-3 for retraining and baseline",
+        },
+        rows=rows,
     )
     for r in rows:
         metric = r.get("test_rmse", r.get("test_accuracy"))

@@ -11,15 +11,13 @@ Run: python benchmarks/train_mnist5k.py [--epochs 6] [--finetune-epochs 3]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from kompakt.machine import describe_machine
+from kompakt.runtime_bench.timing import save_results
 from kompakt.train import TrainConfig, fit
 
 
@@ -58,15 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["compression_vs_conv_fc"] = round(dense / row["params"], 2)
         row["points_vs_conv_fc"] = round(100 * (row["test_accuracy"] - rows[1]["test_accuracy"]), 2)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "train_mnist5k",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"optimizer": "sgd momentum 0.9, cosine", "batch_size": 64, "threads": 2},
-        "machine": describe_machine(),
-        "rows": rows,
-    }, indent=2) + "\n")  # fmt: skip
+    save_results(
+        args.out,
+        "train_mnist5k",
+        {"optimizer": "sgd momentum 0.9, cosine", "batch_size": 64, "threads": 2},
+        rows=rows,
+    )
     print(
         f"{'model':<52} {'ep':>3} {'params':>10} {'compr':>7} {'test acc':>8} {'Δpt':>6} {'s':>6}"
     )

@@ -7,11 +7,9 @@ Writes benchmarks/results/tt_linear.json (with the machine) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -19,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kompakt.layers import TTLinear
-from kompakt.machine import describe_machine
+from kompakt.runtime_bench.timing import save_results
 
 CASES = [
     # name, in, out, in_modes, out_modes, rank
@@ -89,23 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         del dense, tt
 
-    result = {
-        "benchmark": "tt_linear",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
+    result = save_results(
+        args.out,
+        "tt_linear",
+        {
             "runs": args.runs,
             "warmup": args.warmup,
             "threads": args.threads,
             "framework": "pytorch eager, inference_mode, float32",
         },
-        "machine": describe_machine(),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+        rows=rows,
+    )
+    out = args.out
 
     header = (
         f"{'case':<28} {'batch':>5} {'dense ms':>9} {'tt ms':>8} {'speedup':>8} "

@@ -28,3 +28,26 @@ def interleaved_medians(
 ) -> dict[str, float]:
     """Median seconds per run of each callable (see `interleaved_times`)."""
     return {k: statistics.median(v) for k, v in interleaved_times(calls, runs, warmup).items()}
+
+
+def save_results(path: str, benchmark: str, settings: dict, **sections: object) -> dict:
+    """Write a benchmark's results JSON (with the date and the machine) atomically."""
+    import json
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from kompakt.machine import describe_machine
+
+    result = {
+        "benchmark": benchmark,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "machine": describe_machine(("torch", "onnx", "onnxruntime", "openvino")),
+        **sections,
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    return result

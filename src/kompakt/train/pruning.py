@@ -312,6 +312,10 @@ class RelevanceConfig:
         target: overall filter sparsity at which removal stops.
         dummies: fictitious filters per group (their relevance is the chance baseline).
         warmup: steps before the first test.
+        total_steps, ramp: with the run's length known, the sparsity is brought up to
+            target * steps / (ramp * total_steps) at each test (least relevant filters first)
+            when the statistical test alone removes fewer, so the target is met while the
+            remaining steps can still recover the accuracy.
     """
 
     exclude_fraction: float = 0.25
@@ -320,6 +324,8 @@ class RelevanceConfig:
     target: float = 0.6
     dummies: int = 32
     warmup: int = 100
+    total_steps: int | None = None  # when known, sparsity follows a schedule (see `test`)
+    ramp: float = 0.6  # reach the target after this share of total_steps, then recover
 
 
 class RelevancePruner:
@@ -360,9 +366,16 @@ class RelevancePruner:
         removed = sum(int((g.mask == 0).sum()) for g in self.groups)
         return removed / self.total_channels
 
+    @property
+    def done(self) -> bool:
+        """The target is reached: the remaining steps train the pruned net without exclusion."""
+        return self.sparsity() >= self.config.target - 0.5 / self.total_channels
+
     def before_step(self) -> None:
         """Randomly exclude part of each group's live filters (and dummies) for this step."""
         self.in_use = []
+        if self.done:
+            return
         for group in self.groups:
             keep = (torch.rand(group.channels, generator=self.gen)
                     >= self.config.exclude_fraction).float()  # fmt: skip
@@ -377,6 +390,8 @@ class RelevancePruner:
     def after_step(self, loss: float) -> None:
         """Update relevances from this step's loss; test and remove every K steps."""
         self.masker.temporary.clear()  # excluded-but-kept filters are restored
+        if not self.in_use:  # nothing was excluded (target reached)
+            return
         if self.mean_loss is None:
             self.mean_loss = loss
         advantage = self.mean_loss - loss  # > 0: this subset did better than usual
@@ -405,11 +420,10 @@ class RelevancePruner:
                     candidates.append((p_above, float(relevance[j]), gi, j))
         return sorted(candidates)
 
-    def _remove(self, candidates: list) -> list[tuple[str, int]]:
+    def _remove(self, candidates: list, limit: float | None = None) -> list[tuple[str, int]]:
         removed = []
-        budget = round(self.config.target * self.total_channels) - round(
-            self.sparsity() * self.total_channels
-        )
+        limit = self.config.target if limit is None else min(limit, self.config.target)
+        budget = round(limit * self.total_channels) - round(self.sparsity() * self.total_channels)
         for _, _, gi, j in candidates:
             if len(removed) >= budget:
                 break
@@ -421,8 +435,13 @@ class RelevancePruner:
         return removed
 
     def test(self) -> list[tuple[str, int]]:
-        """Remove filters with P(r_j > r_dummy) <= delta, least relevant first, up to target."""
-        return self._remove(self._ranked(self.config.delta))
+        """Remove filters with P(r_j > r_dummy) <= delta, least relevant first, up to target;
+        then, on a schedule, the least relevant ones (see RelevanceConfig)."""
+        removed = self._remove(self._ranked(self.config.delta))
+        if self.config.total_steps:
+            progress = self.steps / max(1.0, self.config.ramp * self.config.total_steps)
+            removed += self._remove(self._ranked(1.0), self.config.target * min(1.0, progress))
+        return removed
 
     def finish(self, reach_target: bool = True) -> list[ChannelGroup]:
         """Stop the random exclusion. With `reach_target`, when the statistical test stopped

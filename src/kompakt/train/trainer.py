@@ -255,7 +255,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
 
         steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
         every = max(10, steps // 40)  # about 30 removal tests over the run
-        relevance = RelevanceConfig(target=config.prune_target, every=every, warmup=every * 3)
+        relevance = RelevanceConfig(target=config.prune_target, every=every, warmup=every * 3,
+                                    total_steps=steps)  # fmt: skip
         pruner = RelevancePruner(model, relevance, example=x_train[:1], seed=config.seed)
 
     net: nn.Module = model
