@@ -90,10 +90,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
-    common = dict(model="mlp", data="digits", epochs=1, quiet=True, batch_size=64, seed=1,
-                  model_kwargs={"hidden": [32]})  # fmt: skip
-    fit(TrainConfig(**common, out=str(tmp_path / "one")))
-    fit(TrainConfig(**common, out=str(tmp_path / "two"), nproc=2))
+    # fresh processes (as a user runs it), so no state of earlier tests leaks into the workers
+    args = ["train", "--model", "mlp", "--data", "digits", "--epochs", "1", "--batch-size", "64",
+            "--seed", "1", "--model-arg", "hidden=[32]", "--quiet"]  # fmt: skip
+    one = kompakt(*args, "--out", str(tmp_path / "one"))
+    two = kompakt(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     a, b = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=2e-3, rtol=1e-3)

@@ -158,6 +158,11 @@ class SuperNet(nn.Module):
         return max(options, key=lambda item: item[1])
 
 
+# what `build_model("searched", ...)` gives without a genotype: one linear edge
+DEFAULT_GENOTYPE = {"space": "mlp", "width": 64, "nodes": 1,
+                    "edges": [{"from": 0, "to": 1, "op": "linear"}]}  # fmt: skip
+
+
 @MODELS.register("searched", help="an architecture found by `kompakt search` (genotype kwarg)")
 class SearchedNet(nn.Module):
     """The plain model of a genotype: only the chosen primitive on each kept edge."""
@@ -165,8 +170,9 @@ class SearchedNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size: int,
                  genotype: dict | None = None) -> None:  # fmt: skip
         super().__init__()
-        if not genotype or "edges" not in genotype:
-            raise ConfigError("model 'searched' needs genotype=... (from kompakt search)")
+        genotype = genotype or DEFAULT_GENOTYPE
+        if "edges" not in genotype or not genotype["edges"]:
+            raise ConfigError("model 'searched' needs a genotype with edges (kompakt search)")
         self.genotype = genotype
         self.space, self.width = genotype["space"], genotype["width"]
         self.nodes = genotype["nodes"]
