@@ -32,39 +32,27 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             for attr in node.attribute:
                 if attr.name == "to" and attr.i == TensorProto.FLOAT:
                     attr.i = TensorProto.FLOAT16
-    casts = []
+    first, last = [], []
     for value in graph.input:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half_name = f"{value.name}_fp16"
-        for node in graph.node:
-            node.input[:] = [half_name if i == value.name else i for i in node.input]
-        casts.append(
-            helper.make_node(
-                "Cast",
-                [value.name],
-                [half_name],
-                to=TensorProto.FLOAT16,
-                name=f"cast_{value.name}_to_fp16",
-            )
-        )
-    nodes = [*casts, *graph.node]
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            first.append(_edge_cast(graph, value.name, TensorProto.FLOAT16, "input"))
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            last.append(_edge_cast(graph, value.name, TensorProto.FLOAT, "output"))
+    nodes = [*first, *graph.node, *last]
     del graph.node[:]
     graph.node.extend(nodes)
-    for value in graph.output:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half_name = f"{value.name}_fp16"
-        for node in graph.node:
-            node.output[:] = [half_name if o == value.name else o for o in node.output]
-        graph.node.append(
-            helper.make_node(
-                "Cast",
-                [half_name],
-                [value.name],
-                to=TensorProto.FLOAT,
-                name=f"cast_{value.name}_to_fp32",
-            )
-        )
     del graph.value_info[:]  # stale float32 annotations; shape inference refills them
     return onnx.shape_inference.infer_shapes(model)
+
+
+def _edge_cast(graph: onnx.GraphProto, name: str, to: int, side: str) -> onnx.NodeProto:
+    """Rewire the graph so `name` (a graph input or output) keeps float32 through a Cast."""
+    half = f"{name}_fp16"
+    for node in graph.node:
+        if side == "input":
+            node.input[:] = [half if i == name else i for i in node.input]
+        else:
+            node.output[:] = [half if o == name else o for o in node.output]
+    source, target = ([name], [half]) if side == "input" else ([half], [name])
+    return helper.make_node("Cast", source, target, to=to, name=f"cast_{name}_{side}")
