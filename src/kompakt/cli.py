@@ -377,6 +377,14 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True)  # fmt: skip
 @click.option(
+    "--int8-scheme",
+    type=click.Choice(["portable", "full-range"]),
+    default="portable",
+    show_default=True,
+    help="INT8 weights: portable (7-bit, exact on every CPU) or full-range (8-bit, faster "
+    "on VNNI/AMX CPUs; refused at load on x86 CPUs without VNNI).",
+)
+@click.option(
     "--max-accuracy-drop",
     type=float,
     default=None,

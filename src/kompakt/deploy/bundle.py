@@ -32,10 +32,12 @@ from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
+from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.engine import RUNNERS, BackendUnavailableError
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
+CPU_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class DeployConfig:
     data_root: str | None = None
     calib_samples: int = 256
     calib_method: str = "minmax"
+    int8_scheme: str = "portable"  # portable: exact on every CPU; full-range: needs VNNI on x86
     max_accuracy_drop: float | None = None  # points of top-1 accuracy
     eval_samples: int = 1000
     ckpt: str | None = None
@@ -217,8 +220,10 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     if precision == "int8":
         graph = tmp / "model.int8.onnx"
         calib = data["train"][: config.calib_samples]
-        result = quantize_int8(tmp / "model.onnx", graph, calib, config.calib_method)
-        quantization = asdict(result)
+        result = quantize_int8(
+            tmp / "model.onnx", graph, calib, config.calib_method, scheme=config.int8_scheme
+        )
+        quantization = _quantization_record(result, config)
     elif precision == "fp16" and config.backend in ("tensorrt", "onnxruntime-tensorrt"):
         graph = tmp / "model.fp16.onnx"
         onnx.save(convert_to_fp16(source), graph)
@@ -272,8 +277,9 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 data["train"][: config.calib_samples],
                 config.calib_method,
                 excluded,
+                scheme=config.int8_scheme,
             )
-            quantization = asdict(result)
+            quantization = _quantization_record(result, config)
             artefact, accuracy, parity = measure(graph)
         quantization["accuracy_guard"] = {
             "max_drop_points": config.max_accuracy_drop,
@@ -295,6 +301,13 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     )
     manifest.update(accuracy=accuracy, parity=parity)
     return manifest
+
+
+def _quantization_record(result, config: DeployConfig) -> dict:
+    record = asdict(result)
+    # CPU int8 kernels saturate without VNNI; GPU backends accumulate in int32 on any device
+    record["cpu_kernels"] = config.backend in CPU_BACKENDS
+    return record
 
 
 def _runner(bundle: Path, manifest: dict, artefact: str, threads: int | None):
@@ -355,5 +368,5 @@ def _manifest(config, options, artefact, meta, inputs, outputs, quantization, gr
         "accuracy": None,
         "parity": {},
         "tools": _versions(),
-        "target": describe_machine(("onnxruntime",)),
+        "target": {**describe_machine(("onnxruntime",)), "int8_isa": int8_isa()},
     }

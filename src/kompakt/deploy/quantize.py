@@ -4,6 +4,9 @@ Symmetric activations and weights (zero-points 0, so TensorRT parses the Q/DQ), 
 weights where the runtime accepts them (per-tensor fallback otherwise, e.g. batched 3-D MatMul
 weights of grouped heads), calibration on the train split of the checkpoint's dataset (never the
 test split), with a progress bar.
+
+Two weight schemes (see `kompakt.runtime.cpu` for why): "portable" keeps weights within 7 bits
+(|q| <= 64), exact on every CPU; "full-range" uses all 8 bits, exact only with VNNI / AMX / ARM.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import numpy as np
 import onnx
 
 from kompakt.errors import ConfigError, KompaktError
+from kompakt.runtime.cpu import INT8_SCHEMES, PORTABLE_MAX_ABS_WEIGHT, scheme_requirement
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
 class QuantizationResult:
-    path: str
+    graph: str  # file name of the Q/DQ graph
     per_channel: bool
     calib_method: str
     calib_samples: int
+    scheme: str = "portable"
+    requires: dict | None = None  # what a CPU needs to run it exactly (None: any CPU)
+    max_abs_weight: int = 0  # largest |q| over the int8 weights
     excluded_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -35,7 +42,7 @@ class QuantizationResult:
 class _Reader:
     """ORT CalibrationDataReader over an array, with a tqdm bar (quiet when not a TTY)."""
 
-    def __init__(self, name: str, samples: np.ndarray, batch: int = 16) -> None:
+    def __init__(self, name: str, samples: np.ndarray, batch: int) -> None:
         from tqdm import tqdm
 
         self.name, self.samples, self.batch, self.pos = name, samples, batch, 0
@@ -72,12 +79,41 @@ def _runs(path: str, sample: np.ndarray, input_name: str) -> str | None:
         ort.set_default_logger_severity(2)
 
 
+def calibration_batch(samples: int, method: str) -> tuple[int, int]:
+    """(reader batch, samples used). Entropy and percentile stack every batch's activations
+    into one array, so all batches must be the same size: pick a divisor of the sample count,
+    or drop the remainder when only tiny divisors exist."""
+    if method == "minmax" or samples <= 16:
+        return min(16, samples), samples
+    divisor = max(b for b in range(1, 17) if samples % b == 0)
+    if divisor >= 8:
+        return divisor, samples
+    return 16, samples - samples % 16
+
+
+def max_abs_int8_weight(model: onnx.ModelProto) -> int:
+    """The largest |q| over int8 initializers read by DequantizeLinear (the weights)."""
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    largest = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in weights:
+            continue
+        init = weights[node.input[0]]
+        if init.data_type == onnx.TensorProto.INT8:
+            values = numpy_helper.to_array(init).astype(np.int32)
+            largest = max(largest, int(np.abs(values).max(initial=0)))
+    return largest
+
+
 def quantize_int8(
     source: str | Path,
     target: str | Path,
     calib: np.ndarray,
     method: str = "minmax",
     exclude: list[str] | None = None,
+    scheme: str = "portable",
 ) -> QuantizationResult:
     """Write a symmetric INT8 Q/DQ model of `source` to `target`.
 
@@ -85,6 +121,12 @@ def quantize_int8(
         calib: calibration inputs (N, C, H, W) float32, from the train split.
         method: "minmax", "entropy" or "percentile".
         exclude: node names to keep in float (the accuracy guard adds the sensitive ones).
+        scheme: "portable" (7-bit weights, exact on every CPU) or "full-range" (8-bit weights,
+            needs VNNI / AMX on x86).
+
+    Raises:
+        ConfigError: unknown method or scheme, no calibration samples.
+        KompaktError: ONNX Runtime cannot run the quantised graph in any form.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -98,10 +140,17 @@ def quantize_int8(
         raise ConfigError(f"calib_method must be one of {CALIB_METHODS}, got {method!r}")
     if len(calib) == 0:
         raise ConfigError("INT8 calibration needs at least one sample (--calib-samples)")
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"int8_scheme must be one of {INT8_SCHEMES}, got {scheme!r}")
+    batch, used = calibration_batch(len(calib), method)
+    calib = calib[:used]
     input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
     calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
-    result = QuantizationResult(str(target), True, method, len(calib), list(exclude or []))
+    result = QuantizationResult(
+        Path(target).name, True, method, len(calib), scheme, scheme_requirement(scheme)
+    )
+    result.excluded_nodes = list(exclude or [])
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
         # skip_symbolic_shape: the symbolic pass chokes on some Constant nodes (ONNX_NOTES)
@@ -110,11 +159,12 @@ def quantize_int8(
             quantize_static(
                 prepared,
                 str(target),
-                _Reader(input_name, calib),
+                _Reader(input_name, calib, batch),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                reduce_range=scheme == "portable",  # 7-bit weights; activations keep 8 bits
                 calibrate_method=calibration,
                 nodes_to_exclude=list(exclude or []),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
@@ -122,6 +172,13 @@ def quantize_int8(
             failure = _runs(str(target), calib[:1], input_name)
             if failure is None:
                 result.per_channel = per_channel
+                result.max_abs_weight = max_abs_int8_weight(onnx.load(str(target)))
+                if scheme == "portable" and result.max_abs_weight > PORTABLE_MAX_ABS_WEIGHT:
+                    raise KompaktError(
+                        f"portable INT8 weights reach |q| = {result.max_abs_weight} > "
+                        f"{PORTABLE_MAX_ABS_WEIGHT}: this onnxruntime's quantizer ignored "
+                        "reduce_range; report it and use --int8-scheme full-range on VNNI CPUs"
+                    )
                 return result
             result.notes.append(f"per_channel={per_channel} rejected by ONNX Runtime: {failure}")
     raise KompaktError(

@@ -22,7 +22,7 @@ KNOWN = {
     "pipeline": {"out", "data", "data_root", "epochs", "batch_size", "seed", "optimizer", "lr"},
     "model": {"name", "model", "model_kwargs", "compress", "init_from", "epochs", "lr"},
     "export": {"tt_mode", "max_batch", "opset", "simplify"},
-    "deploy": {"calib_samples", "calib_method", "targets", "max_accuracy_drop"},
+    "deploy": {"calib_samples", "calib_method", "int8_scheme", "targets", "max_accuracy_drop"},
     "bench": {"batches", "warmup_s", "min_runs", "duration_s", "rounds", "threads"},
 }
 
@@ -180,6 +180,7 @@ def run_pipeline(
                 "precision": precision,
                 "calib_samples": deploy.get("calib_samples", 256),
                 "calib_method": deploy.get("calib_method", "minmax"),
+                "int8_scheme": target.get("int8_scheme", deploy.get("int8_scheme", "portable")),
                 "max_accuracy_drop": deploy.get("max_accuracy_drop"),
                 "calib_data": pipe.get("data"),
                 "data_root": pipe.get("data_root"),

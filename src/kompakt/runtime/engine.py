@@ -15,6 +15,7 @@ import numpy as np
 
 from kompakt.errors import KompaktError, ShapeError
 from kompakt.registry import Registry
+from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.manifest import BundleError, confined, read_manifest
 
 RUNNERS: Registry = Registry("runtime backend")
@@ -183,6 +184,7 @@ class Engine:
         entry = self.manifest["files"].get(self.manifest["artifact"])
         if entry is None:
             raise BundleError(f"manifest artifact {self.manifest['artifact']!r} is not in files")
+        check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
         self._runner = runner(confined(self.bundle, entry["path"]), self.manifest, threads)
 
