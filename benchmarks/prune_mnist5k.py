@@ -27,7 +27,7 @@ from kompakt.export import export_onnx
 from kompakt.inspect import inspect_model
 from kompakt.runtime_bench.timing import interleaved_medians, save_results
 from kompakt.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint
-from kompakt.train.pruning import prune_checkpoint
+from kompakt.train.prune import prune_checkpoint
 
 MODELS = ("vgg16-cifar", "resnet18-cifar")
 METHODS = ("l1", "euclidean", "relevance")

@@ -93,19 +93,9 @@ def tt_plan_command(
 
 
 def _read_toml(path: str | None) -> dict:
-    if path is None:
-        return {}
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    from kompakt._io import load_toml
+
+    return {} if path is None else load_toml(path)
 
 
 def _merge_config(ctx: click.Context, section: str, fields: set[str]) -> dict:
@@ -256,7 +246,7 @@ def train_command(ctx: click.Context, **_: object) -> None:
 def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr: float,
                   data_root: str | None, out: str, quiet: bool, as_json: bool) -> None:  # fmt: skip
     """Prune conv filters of a trained checkpoint (physically removed), then fine-tune."""
-    from kompakt.train.pruning import prune_checkpoint
+    from kompakt.train.prune import prune_checkpoint
 
     result = prune_checkpoint(ckpt, method, ratio, finetune_epochs, out, lr, data_root, quiet)
     if as_json:
@@ -304,7 +294,7 @@ def search_command(as_json: bool, **opts: object) -> None:
 def inspect_command(path: str, as_json: bool) -> None:
     """Per-layer table: output shape, parameters, multiply-adds, activation memory."""
     from kompakt.inspect import format_inspection, inspect_model
-    from kompakt.train import load_checkpoint, model_from_checkpoint
+    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     if path.endswith(".onnx"):
         from kompakt.inspect import inspect_onnx

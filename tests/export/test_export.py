@@ -174,3 +174,28 @@ def test_corrupt_or_foreign_checkpoint_writes_nothing(tmp_path):
     proc = kompakt("export", str(tmp_path / "foreign.pt"), "-o", str(tmp_path / "y.onnx"))
     assert proc.returncode == 1 and "not a kompakt checkpoint" in proc.stderr
     assert not list(tmp_path.glob("*.onnx*"))
+
+
+def test_a_module_exports_with_the_preprocessing_and_class_names_it_is_given(tmp_path):
+    from kompakt.runtime.preprocessing import Preprocessing
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    pre = Preprocessing(mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), scale=1 / 255)
+    export_onnx(model, tmp_path / "m.onnx", example_input=torch.randn(4, 3, 2, 2),
+                preprocessing=pre, class_names=["cat", "dog", "emu"])  # fmt: skip
+    props = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert Preprocessing.from_dict(json.loads(props["preprocessing"])) == pre
+    assert json.loads(props["class_names"]) == ["cat", "dog", "emu"]
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_fixed_batch_export_has_that_batch(tmp_path, check):
+    from kompakt.export import ExportConfig
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    report = export_onnx(model, tmp_path / "f.onnx", ExportConfig(batch=4, check=check),
+                         example_input=torch.randn(2, 3, 2, 2))  # fmt: skip
+    assert report.input_shape == [4, 3, 2, 2]
+    assert (
+        onnx.load(tmp_path / "f.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kompakt.errors import KompaktError, ShapeError
+from kompakt.errors import ConfigError, KompaktError, ShapeError
 from kompakt.runtime import BundleError, load, read_manifest, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,17 +67,68 @@ def test_nan_inputs_are_refused_when_asked(lenet_bundle):
         engine.run(samples(1))
 
 
-def test_predict_applies_the_bundle_preprocessing(lenet_bundle):
+def test_predict_applies_the_bundle_preprocessing_bit_for_bit(lenet_bundle):
     with load(lenet_bundle) as engine:
-        image = np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8)
-        prediction = engine.predict([image], top_k=3)[0]
-        manifest = engine.manifest["preprocessing"]
-        mean, std = np.array(manifest["mean"]), np.array(manifest["std"])
-        x = ((image / 255.0 - mean) / std).astype(np.float32)[None, None]
-        assert prediction.index == int(engine.run(x).argmax())
-        assert len(prediction.top_k) == 3 and prediction.label in engine.class_names
+        pre = engine.manifest["preprocessing"]
+        assert pre["scale"] == 1 / 16  # sklearn's digits are 0..16, not 0..255
+        images = np.random.default_rng(1).integers(0, 17, (5, 8, 8), dtype=np.uint8)
+        mean, std = np.float32(pre["mean"][0]), np.float32(pre["std"][0])
+        expected = (images[:, None].astype(np.float32) * np.float32(1 / 16) - mean) / std
+        x = engine.preprocess(list(images))
+        np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+        logits = engine.run(x)
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        probs = exp / exp.sum(1, keepdims=True)
+        predictions = engine.predict(list(images), top_k=3)
+        for row, prediction in zip(probs, predictions, strict=True):
+            assert prediction.index == int(row.argmax())
+            assert prediction.score == float(row.max())  # the same numbers, not close ones
+            assert len(prediction.top_k) == 3 and prediction.label in engine.class_names
+        assert [p.index for p in engine.predict(images)] == [p.index for p in predictions]
         with pytest.raises(ShapeError, match="resize it first"):
             engine.predict([np.zeros((10, 8), np.uint8)])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_pixels_and_never_reports_a_nan_score(lenet_bundle, bad):
+    image = np.ones((8, 8), np.float32)
+    image[3, 4] = bad
+    with load(lenet_bundle) as engine:
+        with pytest.raises(ShapeError, match=r"image\(s\) \[1\] contain NaN or infinite"):
+            engine.predict([np.ones((8, 8), np.float32), image])
+        with pytest.raises(ShapeError, match="non-finite scores"):  # allowed in, still refused
+            engine.predict([image], allow_nonfinite=True)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 1.5, True])
+def test_predict_top_k_must_be_a_positive_integer(lenet_bundle, top_k):
+    with load(lenet_bundle) as engine, pytest.raises(ConfigError, match="top_k"):
+        engine.predict([np.ones((8, 8), np.uint8)], top_k=top_k)
+
+
+@pytest.mark.parametrize("images", [[], np.zeros((0, 8, 8), np.uint8), "digit.png", [["a"]]])
+def test_predict_on_empty_or_foreign_input_is_a_clear_error(lenet_bundle, images):
+    with load(lenet_bundle) as engine, pytest.raises(ShapeError):
+        engine.predict(images)
+
+
+def test_calibration_and_validation_use_the_bundles_preprocessing(lenet_onnx):
+    """The arrays INT8 calibrates on are the raw train images through the same function
+    predict applies: per-channel mean ~0 and std ~1 (the train statistics)."""
+    import onnx
+
+    from kompakt.data import load_dataset
+    from kompakt.deploy.bundle import _metadata, _splits
+    from kompakt.runtime.preprocessing import Preprocessing
+
+    meta = _metadata(onnx.load(lenet_onnx))
+    splits = _splits("digits", None, ["batch", 1, 8, 8], meta)
+    data = load_dataset("digits")
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    assert (pre.mean, pre.std, pre.scale) == (data.info.mean, data.info.std, data.info.scale)
+    np.testing.assert_array_equal(splits["train"], data.x["train"].numpy())  # bit for bit
+    assert abs(float(splits["train"].mean())) < 1e-3
+    assert abs(float(splits["train"].std()) - 1) < 1e-2
 
 
 def copy_bundle(src, tmp_path):

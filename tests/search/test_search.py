@@ -17,7 +17,7 @@ class OneEdge(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from kompakt.search.space import Zero
+        from kompakt.models.searched import Zero
 
         edge = MixedOp({"linear": nn.Linear(8, 8), "zero": Zero(), "identity": nn.Identity(),
                         "tanh": nn.Tanh()})  # fmt: skip

@@ -10,6 +10,7 @@ from kompakt.errors import ConfigError
 from kompakt.export import export_onnx
 from kompakt.models import build_model
 from kompakt.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint
+from kompakt.train.prune import prune_checkpoint
 from kompakt.train.pruning import (
     RelevanceConfig,
     RelevancePruner,
@@ -18,7 +19,6 @@ from kompakt.train.pruning import (
     euclidean_prune,
     find_groups,
     l1_prune,
-    prune_checkpoint,
 )
 
 ZOO = [("lenet5", {}), ("vgg16-cifar", {"width": 0.125}), ("resnet18-cifar", {"width": 0.125})]

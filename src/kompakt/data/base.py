@@ -9,6 +9,7 @@ import torch
 
 from kompakt.errors import DataError
 from kompakt.registry import Registry
+from kompakt.runtime.preprocessing import Preprocessing
 
 DATASETS: Registry = Registry("dataset")
 
@@ -19,8 +20,9 @@ SPLITS = ("train", "val", "test")
 class DataInfo:
     """Facts about a dataset that the model, the checkpoint and the runtime need.
 
-    `mean`/`std` are per-channel statistics of the train split in the [0, 1] pixel scale (for
-    tabular data: per feature); inputs are normalised as (x - mean) / std.
+    `scale` takes raw values to [0, 1] (1/255 for 8-bit images); `mean`/`std` are per-channel
+    statistics of the train split on that scale (for tabular data: per feature). Inputs are
+    `self.preprocessing.normalize(raw)`, the function `kompakt.runtime` applies at inference.
     """
 
     name: str
@@ -31,6 +33,11 @@ class DataInfo:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     sizes: dict[str, int] = field(default_factory=dict)
+    scale: float = 1.0 / 255.0
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(mean=self.mean, std=self.std, scale=self.scale, layout="CHW")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -50,6 +57,7 @@ class DataInfo:
             mean=tuple(data.get("mean", ())),
             std=tuple(data.get("std", ())),
             sizes=dict(data.get("sizes", {})),
+            scale=float(data.get("scale", 1.0 / 255.0)),
         )
 
 
@@ -60,6 +68,7 @@ class DataSplits:
     info: DataInfo
     x: dict[str, torch.Tensor]
     y: dict[str, torch.Tensor]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C, H, W) as loaded
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self.x:
@@ -98,11 +107,12 @@ def make_splits(
     """
     if images.ndim != 4:
         raise DataError(f"{name}: expected images (N, C, H, W), got shape {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / scale)
-    train = x[torch.from_numpy(parts["train"])]
-    mean = train.mean(dim=(0, 2, 3))
-    std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    train = np.asarray(images[parts["train"]], dtype=np.float64) / scale
+    mean = [round(float(v), 6) for v in train.mean(axis=(0, 2, 3))]
+    std = [round(max(float(v), 1e-6), 6) for v in train.std(axis=(0, 2, 3), ddof=1)]
+    # the runtime's own function: training tensors equal what `predict` computes from raw pixels
+    pre = Preprocessing(mean=tuple(mean), std=tuple(std), scale=1.0 / scale, layout="CHW")
+    x = torch.from_numpy(pre.normalize(images))
     if task == "classification":
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         num_classes = len(class_names) if class_names else int(y.max()) + 1
@@ -121,13 +131,15 @@ def make_splits(
         input_shape=tuple(x.shape[1:]),
         num_classes=num_classes,
         class_names=tuple(class_names),
-        mean=tuple(round(v, 6) for v in mean.tolist()),
-        std=tuple(round(v, 6) for v in std.tolist()),
+        mean=pre.mean,
+        std=pre.std,
         sizes={k: len(v) for k, v in parts.items()},
+        scale=pre.scale,
     )
     xs = {k: x[torch.from_numpy(v)].contiguous() for k, v in parts.items()}
     ys = {k: y[torch.from_numpy(v)].contiguous() for k, v in parts.items()}
-    return DataSplits(info, xs, ys)
+    raw = {k: np.ascontiguousarray(images[v]) for k, v in parts.items()}
+    return DataSplits(info, xs, ys, raw)
 
 
 def load_dataset(name: str, root: str | None = None, **kwargs) -> DataSplits:

@@ -14,6 +14,7 @@ replaced only with force=True.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kompakt import __version__
+from kompakt import __version__, metrics
 from kompakt.deploy.backends import BACKENDS, BuildOptions
 from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
@@ -35,6 +36,7 @@ from kompakt.machine import describe_machine
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.engine import RUNNERS, BackendUnavailableError
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
+from kompakt.runtime.preprocessing import Preprocessing
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CPU_BACKENDS = ("onnxruntime", "openvino")
@@ -84,8 +86,13 @@ def _metadata(model: onnx.ModelProto) -> dict:
     return out
 
 
-def _splits(name: str | None, root: str | None, shape: list) -> dict | None:
-    """(calibration = train split, evaluation = val split) arrays, or None without a dataset."""
+def _splits(name: str | None, root: str | None, shape: list, meta: dict) -> dict | None:
+    """(calibration = train split, evaluation = val split) arrays, or None without a dataset.
+
+    The arrays are the dataset's raw images through the bundle's preprocessing (the function
+    `Engine.predict` applies), so INT8 ranges and the recorded accuracy describe what apps feed.
+    A model whose metadata records no preprocessing takes the dataset's (recorded in `meta`).
+    """
     if not name:
         return None
     from kompakt.data import load_dataset
@@ -95,9 +102,16 @@ def _splits(name: str | None, root: str | None, shape: list) -> dict | None:
         raise ConfigError(
             f"dataset {name!r} has inputs {data.info.input_shape}, the model takes {shape[1:]}"
         )
+    if isinstance(meta.get("preprocessing"), dict):
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+    else:
+        pre = data.info.preprocessing
+        meta["preprocessing"] = pre.to_dict()
+        meta["preprocessing_source"] = f"dataset {name!r} (the model records none)"
+    pre = dataclasses.replace(pre, layout="CHW")  # the dataset's raw arrays are NCHW
     return {
-        "train": data.x["train"].numpy(),
-        "val": data.x["val"].numpy(),
+        "train": pre.normalize(data.raw["train"]),
+        "val": pre.normalize(data.raw["val"]),
         "val_labels": data.y["val"].numpy(),
         "task": data.info.task,
     }
@@ -105,25 +119,6 @@ def _splits(name: str | None, root: str | None, shape: list) -> dict | None:
 
 def _run_batches(run, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([run(x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
-def _accuracy(logits: np.ndarray, labels: np.ndarray, task: str) -> dict:
-    if task == "regression":
-        return {"rmse": float(np.sqrt(np.mean((logits.reshape(-1) - labels) ** 2)))}
-    top1 = logits.reshape(len(logits), logits.shape[1], -1).mean(-1).argmax(1)
-    return {"top1": float((top1 == labels).mean())}
-
-
-def _parity(reference: np.ndarray, got: np.ndarray) -> dict:
-    diff = np.abs(reference.astype(np.float64) - got.astype(np.float64))
-    scale = max(float(np.abs(reference).max()), 1e-12)
-    agree = float((reference.argmax(1) == got.argmax(1)).mean()) if reference.ndim > 1 else 1.0
-    return {
-        "max_abs": float(diff.max()),
-        "max_rel": float(diff.max() / scale),
-        "top1_agreement": agree,
-        "samples": len(reference),
-    }
 
 
 def _versions() -> dict:
@@ -179,7 +174,7 @@ def build_bundle(
     outputs = _tensor_entries(source.graph.output)
     dataset = config.calib_data or meta.get("dataset", {}).get("name")
     root = config.data_root or meta.get("dataset", {}).get("root")
-    data = _splits(dataset, root, inputs[0]["shape"])
+    data = _splits(dataset, root, inputs[0]["shape"], meta)
     if config.precision == "int8" and data is None:
         raise ConfigError(
             "INT8 needs calibration data: pass --calib-data DATASET (the model's metadata names "
@@ -250,12 +245,12 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
         )
         got = _run_batches(runner.run, x, 64)
         runner.close()
-        parity = {"vs_source_onnx": _parity(reference, got)}
+        parity = {"vs_source_onnx": metrics.parity(reference, got)}
         accuracy = None
         if data is not None:
             labels = data["val_labels"][: len(x)]
-            base = _accuracy(reference, labels, data["task"])
-            mine = _accuracy(got, labels, data["task"])
+            base = metrics.accuracy(reference, labels, data["task"])
+            mine = metrics.accuracy(got, labels, data["task"])
             accuracy = {"split": "val", "samples": len(x), "fp32_source": base, "bundle": mine}
             if "top1" in base:
                 accuracy["drop_points"] = round(100 * (base["top1"] - mine["top1"]), 3)
@@ -318,7 +313,7 @@ def _runner(bundle: Path, manifest: dict, artefact: str, threads: int | None):
 def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> dict:
     import torch
 
-    from kompakt.train import load_checkpoint, model_from_checkpoint
+    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(ckpt_path))
     if data is not None:
@@ -331,12 +326,14 @@ def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> 
     runner = _runner(tmp, json.loads((tmp / MANIFEST).read_text()), artefact, options.threads)
     got = _run_batches(runner.run, x, 64)
     runner.close()
-    return _parity(reference, got)
+    return metrics.parity(reference, got)
 
 
 def _manifest(config, options, artefact, meta, inputs, outputs, quantization, graph_precision):
-    pre = meta.get("preprocessing", {}) if isinstance(meta.get("preprocessing"), dict) else {}
-    channels = inputs[0]["shape"][1] if len(inputs[0]["shape"]) > 1 else 1
+    pre = Preprocessing.from_dict(
+        meta["preprocessing"] if isinstance(meta.get("preprocessing"), dict) else None
+    )
+    channels_known = len(inputs[0]["shape"]) == 4
     spatial_dynamic = any(isinstance(d, str) for d in inputs[0]["shape"][2:])
     batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
     max_batch = options.max_batch if isinstance(batch_axis, str) else batch_axis
@@ -355,11 +352,10 @@ def _manifest(config, options, artefact, meta, inputs, outputs, quantization, gr
         "artifact_files": [artefact.path, *artefact.extra],
         "files": {},
         "preprocessing": {
-            "mean": pre.get("mean") or [0.0] * (channels if isinstance(channels, int) else 1),
-            "std": pre.get("std") or [1.0] * (channels if isinstance(channels, int) else 1),
-            "layout": "NCHW",
-            "pixel_scale": 1.0 / 255.0,
+            **pre.to_dict(),
+            "layout": "HWC" if channels_known else pre.layout,  # raw images apps pass
             "fully_convolutional": spatial_dynamic,
+            "source": meta.get("preprocessing_source", "model metadata"),
         },
         "class_names": [str(c) for c in meta.get("class_names", [])],
         "backend_options": artefact.backend_options,

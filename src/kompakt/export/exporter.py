@@ -1,4 +1,5 @@
-"""`export_onnx`: a checkpoint or any nn.Module -> verified ONNX made of standard ops only.
+"""`export_onnx`: any nn.Module -> verified ONNX made of standard ops only; `export_checkpoint`
+turns a kompakt checkpoint into the module and its metadata first.
 
 Steps: choose each factored layer's form (`tt_mode`) -> torch.export with a symbolic batch ->
 ONNX (opset 20 by default) -> constant folding that never inflates TT cores -> optional
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,13 +26,18 @@ import torch
 from torch import nn
 
 from kompakt import __version__
+from kompakt._io import atomic_write, atomic_write_text, sha256_file
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export.fc_to_conv import fc_to_conv
 from kompakt.export.trt_lint import lint_trt
 from kompakt.layers import TTConv2d, TTLinear
+from kompakt.metrics import parity
+from kompakt.models.common import set_submodule
+from kompakt.runtime.preprocessing import Preprocessing
 
 TT_MODES = ("auto", "factored", "dense")
 SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+LAYER_KEYS = ("name", "form", "in_modes", "out_modes", "ranks")  # per layer in the metadata
 REFERENCE_EVALUATOR_MAX_PARAMS = 2_000_000  # the pure-Python evaluator is slow beyond this
 
 
@@ -82,6 +87,39 @@ class ExportConfig:
         return self.batch if isinstance(self.batch, int) else self.max_batch
 
 
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What travels with the graph (ONNX metadata_props) to the bundle and the app.
+
+    Args:
+        preprocessing: raw pixels -> model input; None records none (deploy then uses its
+            calibration dataset's and says so in the manifest).
+        class_names: label per output index.
+        task: "classification" or "regression".
+        dataset: {"name", "root"} of the training data (the default calibration set).
+        source_sha256: hash of the checkpoint the module came from.
+    """
+
+    preprocessing: Preprocessing | None = None
+    class_names: tuple[str, ...] = ()
+    task: str = "classification"
+    dataset: dict | None = None
+    source_sha256: str = ""
+
+    def props(self, layers: list[dict]) -> dict[str, str]:
+        props = {
+            "kompakt_version": __version__,
+            "checkpoint_sha256": self.source_sha256,
+            "class_names": json.dumps([str(c) for c in self.class_names]),
+            "dataset": json.dumps(self.dataset or {"name": None, "root": None}),
+            "task": self.task,
+            "tt_layers": json.dumps([{k: r[k] for k in LAYER_KEYS} for r in layers]),
+        }
+        if self.preprocessing is not None:  # absent = unknown: deploy takes the dataset's
+            props["preprocessing"] = json.dumps(self.preprocessing.to_dict())
+        return props
+
+
 @dataclass
 class ExportReport:
     path: str
@@ -128,11 +166,6 @@ class ExportReport:
 
 
 # -- tt_mode ----------------------------------------------------------------------------------
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _conv_input_hw(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
@@ -210,7 +243,7 @@ def apply_tt_mode(
         if form == "dense" and not name:
             model = module.to_dense()  # the bare layer itself
         elif form == "dense":
-            _set_module(model, name, module.to_dense())
+            set_submodule(model, name, module.to_dense())
         elif isinstance(module, TTConv2d):
             module.forward_mode = "factored" if form == "chain" else "dense"
         records.append(record)
@@ -321,63 +354,91 @@ def _shape(value: onnx.ValueInfoProto) -> list:
 
 
 def _compare(reference: np.ndarray, got: np.ndarray, runtime: str, batch: int) -> dict:
-    diff = np.abs(reference.astype(np.float64) - got.astype(np.float64))
-    scale = max(float(np.abs(reference).max()), 1e-12)
-    flat_ref = reference.reshape(reference.shape[0], reference.shape[1], -1)
-    flat_got = got.reshape(got.shape[0], got.shape[1], -1)
-    agree = float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if reference.ndim > 1 else 1.0
-    return {
-        "runtime": runtime,
-        "batch": batch,
-        "max_abs": float(diff.max()),
-        "max_rel": float(diff.max() / scale),
-        "top1_agreement": agree,
-    }
+    result = parity(reference, got)
+    del result["samples"]
+    return {"runtime": runtime, "batch": batch, **result}
 
 
-def _atomic_write(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _write_onnx(model: onnx.ModelProto, path: Path) -> None:
+    if model.ByteSize() > 1_900_000_000:  # protobuf's 2 GB limit: weights go to a side file
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+        return
+    atomic_write(path, lambda handle: handle.write(model.SerializeToString()))
+
+
+def checkpoint_samples(ckpt: dict, count: int) -> torch.Tensor | None:
+    """Up to `count` real validation inputs from the checkpoint's dataset, or None when the
+    dataset is not available here (user files elsewhere: random inputs still check)."""
+    data = ckpt.get("data", {})
     try:
-        if model.ByteSize() > 1_900_000_000:  # protobuf's 2 GB limit: weights go to a side file
-            onnx.save(model, tmp, save_as_external_data=True, location=f"{path.name}.data")
-        else:
-            onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates it private; an exported model is for sharing
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        from kompakt.data import load_dataset
+
+        x, _ = load_dataset(data["name"], root=data.get("root")).split("val")
+    except Exception:
+        return None
+    if tuple(x.shape[1:]) != tuple(data.get("input_shape", ())):
+        return None
+    return x[:count].contiguous()
 
 
-def _samples(ckpt: dict | None, shape: tuple[int, ...], count: int) -> torch.Tensor:
-    """Real validation samples from the checkpoint's dataset when it loads, else random."""
-    if ckpt is not None:
-        data = ckpt.get("data", {})
-        try:
-            from kompakt.data import load_dataset
+def checkpoint_metadata(ckpt: dict, source: str | Path | None = None) -> ExportMetadata:
+    """The ExportMetadata a checkpoint carries from its dataset."""
+    data = ckpt.get("data", {})
+    pre = None
+    if data.get("mean"):
+        pre = Preprocessing(
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            scale=float(data.get("scale", 1.0 / 255.0)),
+        )
+    return ExportMetadata(
+        preprocessing=pre,
+        class_names=tuple(str(c) for c in data.get("class_names", [])),
+        task=data.get("task", "classification"),
+        dataset={"name": data.get("name"), "root": data.get("root")},
+        source_sha256=sha256_file(source) if source is not None else "",
+    )
 
-            x, _ = load_dataset(data["name"], root=data.get("root")).split("val")
-            if tuple(x.shape[1:]) == tuple(shape):
-                return x[:count].contiguous()
-        except Exception:  # no dataset here (user files elsewhere): random inputs still check
-            pass
-    return torch.randn(count, *shape, generator=torch.Generator().manual_seed(0))
+
+def export_checkpoint(
+    ckpt_path: str | Path, path: str | Path, config: ExportConfig | None = None
+) -> ExportReport:
+    """Export a kompakt checkpoint: rebuild its model, carry its dataset's preprocessing, class
+    names and hash into the ONNX metadata, and check parity on real validation inputs."""
+    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    shape = tuple(ckpt["data"]["input_shape"])
+    samples = checkpoint_samples(ckpt, 64)
+    if samples is None:
+        samples = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
+    return export_onnx(
+        model, path, config, example_input=samples, metadata=checkpoint_metadata(ckpt, ckpt_path)
+    )
 
 
 def export_onnx(
-    model_or_ckpt: nn.Module | str | Path,
+    model: nn.Module | str | Path,
     path: str | Path,
     config: ExportConfig | None = None,
     example_input: torch.Tensor | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    metadata: ExportMetadata | None = None,
 ) -> ExportReport:
-    """Export a checkpoint or a module to ONNX, verify it, and write `path` (+ `.report.json`).
+    """Export a module to ONNX, verify it, and write `path` (+ `.report.json`).
 
     Args:
-        model_or_ckpt: a kompakt checkpoint path or any nn.Module.
+        model: any nn.Module (a checkpoint path is forwarded to `export_checkpoint`).
         path: the .onnx file to write.
         config: ExportConfig (defaults when None).
-        example_input: needed for a bare module, e.g. (B, features) for a TTLinear.
+        example_input: (B, ...) inputs: they fix the input shape and are the parity samples
+            (real data checks more than random); e.g. (B, features) for a TTLinear.
+        preprocessing: how raw images become this model's inputs (recorded for bundles).
+        class_names: labels of the outputs (recorded for bundles).
+        metadata: everything else to record; `preprocessing` / `class_names` override it.
 
     Returns:
         the ExportReport (also saved as `<path>.report.json`).
@@ -385,31 +446,30 @@ def export_onnx(
     Raises:
         ExportError: a check failed; the graph is kept as `<stem>.failed.onnx` for inspection.
     """
+    if isinstance(model, str | Path):
+        return export_checkpoint(model, path, config)
     config = config or ExportConfig()
     config.validate()
     path = Path(path)
     start = time.perf_counter()
-    ckpt = None
-    if isinstance(model_or_ckpt, str | Path):
-        from kompakt.train import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(model_or_ckpt)
-        model = model_from_checkpoint(ckpt)
-        shape = tuple(ckpt["data"]["input_shape"])
-    elif isinstance(model_or_ckpt, nn.Module):
-        if example_input is None:
-            raise ConfigError("exporting a bare nn.Module needs example_input (e.g. (B, C, H, W))")
-        model = model_or_ckpt
-        shape = tuple(example_input.shape[1:])
-    else:
-        raise ConfigError(f"expected a checkpoint path or an nn.Module, got {type(model_or_ckpt)}")
-
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected an nn.Module or a checkpoint path, got {type(model)}")
+    if example_input is None:
+        raise ConfigError("exporting an nn.Module needs example_input (e.g. (B, C, H, W))")
+    metadata = metadata or ExportMetadata()
+    if preprocessing is not None or class_names is not None:
+        metadata = dataclasses.replace(
+            metadata,
+            preprocessing=preprocessing or metadata.preprocessing,
+            class_names=tuple(class_names) if class_names is not None else metadata.class_names,
+        )
+    samples = example_input.detach().float().cpu()
+    shape = tuple(samples.shape[1:])
     model = copy.deepcopy(model).float().eval()
     if config.fc_to_conv:
         model = fc_to_conv(model, shape)
-    example = _samples(ckpt, shape, 2) if example_input is None else example_input.float()
-    if example.shape[0] < 2 and config.batch == "dynamic":
-        example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise
+    # the traced example: batch 2 for a dynamic axis (batch 1 would specialise), else the batch
+    example = _batch_of(samples, 2 if config.batch == "dynamic" else config.batch)
     model, layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1])
     fold_limit = _fold_limit(model)
 
@@ -418,28 +478,7 @@ def export_onnx(
     onnx_model = _to_onnx(ep, config, fold_limit)
     onnx_model = _simplify(onnx_model, config.simplify, fold_limit)
     _rename_batch_axes(onnx_model, config)
-    meta = {
-        "kompakt_version": __version__,
-        "checkpoint_sha256": _sha256(model_or_ckpt) if ckpt is not None else "",
-        "preprocessing": json.dumps(
-            {
-                "mean": (ckpt or {}).get("data", {}).get("mean", []),
-                "std": (ckpt or {}).get("data", {}).get("std", []),
-            }
-        ),
-        "class_names": json.dumps((ckpt or {}).get("data", {}).get("class_names", [])),
-        "dataset": json.dumps(
-            {
-                "name": (ckpt or {}).get("data", {}).get("name"),
-                "root": (ckpt or {}).get("data", {}).get("root"),
-            }
-        ),
-        "task": (ckpt or {}).get("data", {}).get("task", "classification"),
-        "tt_layers": json.dumps(
-            [{k: r[k] for k in ("name", "form", "in_modes", "out_modes", "ranks")} for r in layers]
-        ),
-    }
-    onnx.helper.set_model_props(onnx_model, meta)
+    onnx.helper.set_model_props(onnx_model, metadata.props(layers))
 
     report = ExportReport(path=str(path), opset=config.opset, layers=layers)
     report.input_shape = _shape(onnx_model.graph.input[0])
@@ -450,30 +489,29 @@ def export_onnx(
     )
     failures = []
     if config.check:
-        failures = _check(onnx_model, model, shape, ckpt, config, report)
+        failures = _check(onnx_model, model, samples, config, report)
     target = path if not failures else path.with_name(f"{path.stem}.failed.onnx")
-    _atomic_write(onnx_model, target)
+    _write_onnx(onnx_model, target)
     report.file_bytes = target.stat().st_size
     report.ok = not failures
     report.export_seconds = round(time.perf_counter() - start, 2)
     report.path = str(target)
-    Path(f"{target}.report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(f"{target}.report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     if failures:
         raise ExportError(f"export check failed ({'; '.join(failures)}); graph kept at {target}")
     return report
 
 
-def _sha256(path: str | Path) -> str:
-    from kompakt.train.checkpoint import file_sha256
-
-    return file_sha256(path)
+def _batch_of(samples: torch.Tensor, batch: int) -> torch.Tensor:
+    """Exactly `batch` rows of `samples`, repeating them when there are fewer."""
+    reps = math.ceil(batch / len(samples))
+    return samples.repeat(reps, *([1] * (samples.ndim - 1)))[:batch].contiguous()
 
 
 def _check(
     onnx_model: onnx.ModelProto,
     model: nn.Module,
-    shape: tuple[int, ...],
-    ckpt: dict | None,
+    samples: torch.Tensor,
     config: ExportConfig,
     report: ExportReport,
 ) -> list[str]:
@@ -495,11 +533,8 @@ def _check(
         onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     batches = [1, min(8, config.max_batch)] if config.batch == "dynamic" else [config.batch]
-    samples = _samples(ckpt, shape, max(batches))
-    if len(samples) < max(batches):
-        samples = samples.repeat(math.ceil(max(batches) / len(samples)), 1, 1, 1)
     for batch in batches:
-        x = samples[:batch]
+        x = _batch_of(samples, batch)
         with torch.no_grad():
             reference = model(x).numpy()
         got = session.run(None, {"input": x.numpy()})[0]
@@ -513,11 +548,11 @@ def _check(
     if params <= REFERENCE_EVALUATOR_MAX_PARAMS:
         from onnx.reference import ReferenceEvaluator
 
-        x = samples[:1]
+        x = _batch_of(samples, batches[0])
         with torch.no_grad():
             reference = model(x).numpy()
         got = ReferenceEvaluator(onnx_model).run(None, {"input": x.numpy()})[0]
-        result = _compare(reference, got, "onnx.reference", 1)
+        result = _compare(reference, got, "onnx.reference", batches[0])
         report.reference_evaluator = result
         if result["max_rel"] > config.rtol:
             failures.append(f"onnx.reference max rel error {result['max_rel']:.3g}")

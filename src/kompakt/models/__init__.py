@@ -1,6 +1,14 @@
-"""The model zoo (a registry) and compression surgery for any nn.Module."""
+"""The model zoo (a registry), compression surgery for any nn.Module, checkpoints and the
+resize records of pruned models."""
 
-from kompakt.models import classic, garipov, meta_family  # noqa: F401  (registers the builders)
+from kompakt.models import classic, garipov, meta_family, searched  # noqa: F401  (registers)
+from kompakt.models.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from kompakt.models.common import set_submodule
 from kompakt.models.registry import MODELS, build_model
 from kompakt.models.surgery import (
     CompressionReport,
@@ -10,7 +18,6 @@ from kompakt.models.surgery import (
     compress_,
     layer_specs,
 )
-from kompakt.search import space as _search_space  # noqa: F401  (registers "searched")
 
 __all__ = [
     "MODELS",
@@ -21,4 +28,9 @@ __all__ = [
     "build_model",
     "compress_",
     "layer_specs",
+    "load_checkpoint",
+    "make_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+    "set_submodule",
 ]

@@ -18,3 +18,10 @@ def pooled_size(size: int, pools: int) -> int:
     for _ in range(pools):
         size = (size + 1) // 2
     return size
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path `name` (e.g. "features.3") with `new`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -16,6 +16,7 @@ from torch import nn
 
 from kompakt.errors import ConfigError
 from kompakt.layers import LAYERS, MetaHead, TTConv2d, TTLinear
+from kompakt.models.common import set_submodule
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def compress_(
         if filter_fn is None and _params(new) > 0.9 * _params(module):
             continue
         new.train(module.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
         report.layers.append({
             "name": name,
             "kind": LAYERS_BY_TYPE[type(new)],
@@ -195,12 +196,6 @@ def compress_(
             "rel_error": error,
         })  # fmt: skip
     return report
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 LAYERS_BY_TYPE = {LAYERS.get(name): name for name in LAYERS.names()}
@@ -263,7 +258,7 @@ def apply_layer_specs_(model: nn.Module, specs: list[dict]) -> nn.Module:
         try:
             cls = LAYERS.get(spec["type"])
             model.get_submodule(spec["name"])
-            _set_submodule(model, spec["name"], cls(**spec["args"]))
+            set_submodule(model, spec["name"], cls(**spec["args"]))
         except (KeyError, AttributeError, TypeError) as error:
             raise ConfigError(f"cannot rebuild layer {spec.get('name')!r}: {error}") from None
     return model

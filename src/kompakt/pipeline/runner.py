@@ -40,10 +40,8 @@ class StageLog:
 
 def load_config(path: str | Path | None) -> dict:
     """The TOML config (the packaged default when `path` is None), checked for unknown keys."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    from kompakt._io import parse_toml
+
     if path is None:
         text = resources.files("kompakt.pipeline").joinpath("default.toml").read_text()
     else:
@@ -51,12 +49,7 @@ def load_config(path: str | Path | None) -> dict:
             text = Path(path).read_text()
         except OSError as error:
             raise ConfigError(f"cannot read pipeline config {path}: {error.strerror}") from None
-    try:
-        config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(
-            f"pipeline config {path or 'default'} is not valid TOML: {error}"
-        ) from None
+    config = parse_toml(text, f"pipeline config {path or 'default'}")
     for section in ("pipeline", "export", "deploy", "bench"):
         unknown = set(config.get(section, {})) - KNOWN[section]
         if unknown:
@@ -77,7 +70,7 @@ def _key(*parts: object) -> str:
 
 
 def _file_hash(path: Path) -> str:
-    from kompakt.runtime.manifest import sha256_file
+    from kompakt._io import sha256_file
 
     return sha256_file(path)
 
@@ -249,7 +242,7 @@ def run_pipeline(
 
 def summarise(results: dict, checkpoints: dict[str, Path], bundle_models: dict[str, str]) -> list:
     """One row per bundle: parameters, file size, latency, peak RSS, accuracy."""
-    from kompakt.train import load_checkpoint
+    from kompakt.models.checkpoint import load_checkpoint
 
     params = {}
     for name, ckpt in checkpoints.items():

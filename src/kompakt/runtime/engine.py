@@ -8,15 +8,18 @@ labels = engine.predict([image_uint8_hwc])  # preprocessing from the bundle
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kompakt.errors import KompaktError, ShapeError
+from kompakt.errors import ConfigError, KompaktError, ShapeError
+from kompakt.metrics import class_scores
 from kompakt.registry import Registry
 from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.manifest import BundleError, confined, read_manifest
+from kompakt.runtime.preprocessing import Preprocessing
 
 RUNNERS: Registry = Registry("runtime backend")
 
@@ -224,47 +227,64 @@ class Engine:
         self._validate(x)
         return self._runner.run(np.ascontiguousarray(x))
 
-    def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 HWC (or HW) images, or float CHW in [0, 1], to a normalised float32 batch."""
-        pre = self.manifest["preprocessing"]
-        _, channels, height, width = self.inputs[0].shape
-        mean = np.asarray(pre["mean"], np.float32).reshape(-1, 1, 1)
-        std = np.asarray(pre["std"], np.float32).reshape(-1, 1, 1)
-        batch = []
-        for i, image in enumerate(images):
-            image = np.asarray(image)
-            if image.dtype == np.uint8:
-                image = image[:, :, None] if image.ndim == 2 else image
-                chw = image.transpose(2, 0, 1).astype(np.float32) * pre["pixel_scale"]
-            elif image.ndim == 3 and np.issubdtype(image.dtype, np.floating):
-                chw = image.astype(np.float32)
-            else:
-                raise ShapeError(
-                    f"image {i}: expected uint8 HxWxC / HxW or float CxHxW, got {image.dtype} "
-                    f"{image.shape}"
-                )
-            if isinstance(channels, int) and chw.shape[0] != channels:
-                raise ShapeError(f"image {i}: expected {channels} channels, got {chw.shape[0]}")
-            size_fixed = isinstance(height, int) and not pre["fully_convolutional"]
-            if size_fixed and chw.shape[1:] != (height, width):
-                raise ShapeError(
-                    f"image {i} is {chw.shape[2]}x{chw.shape[1]} but the model takes "
-                    f"{width}x{height}; resize it first (kompakt does not resize: the model is "
-                    "not fully convolutional)"
-                )
-            batch.append((chw - mean) / std)
-        return np.stack(batch).astype(np.float32)
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The bundle's preprocessing (the same function calibration and validation used)."""
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
 
-    def predict(self, images: list[np.ndarray], top_k: int = 5) -> list[Prediction]:
-        """Classify raw images with the bundle's preprocessing."""
-        logits = self.run(self.preprocess(images))
-        logits = logits.reshape(logits.shape[0], logits.shape[1], -1).mean(-1)  # FCN maps
+    def preprocess(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Raw images (each (H, W) or rank 3 in the bundle's layout, usually uint8 HWC) to the
+        float32 NCHW batch the model takes."""
+        shape = self.inputs[0].shape
+        if len(shape) != 4:
+            raise ShapeError(f"preprocess needs an image model (N, C, H, W), not {shape}")
+        _, channels, height, width = shape
+        fixed = isinstance(height, int) and not self.manifest["preprocessing"].get(
+            "fully_convolutional", False
+        )
+        return self.preprocessing.apply(
+            images,
+            channels if isinstance(channels, int) else None,
+            (height, width) if fixed else None,
+        )
+
+    def predict(
+        self, images: Sequence[np.ndarray] | np.ndarray, top_k: int = 5, allow_nonfinite=False
+    ) -> list[Prediction]:
+        """Classify raw images with the bundle's preprocessing.
+
+        Args:
+            images: raw images (see `preprocess`).
+            top_k: how many (label, probability) pairs each Prediction lists (>= 1).
+            allow_nonfinite: NaN / Inf pixels are refused by default (INT8 and OpenVINO engines
+                turn them into confident labels); True passes them through, and rows whose
+                scores are not finite are still refused rather than reported.
+
+        Raises:
+            ShapeError: bad images, non-finite inputs, or an output that is not finite.
+            ConfigError: top_k < 1.
+        """
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if self.manifest.get("task") == "regression":
+            raise ConfigError("predict classifies; this bundle is a regression model: use run()")
+        x = self.preprocess(images)
+        if not allow_nonfinite and not np.isfinite(x).all():
+            bad = sorted({int(i) for i in np.nonzero(~np.isfinite(x))[0]})
+            raise ShapeError(
+                f"image(s) {bad} contain NaN or infinite values; fix the input (or pass "
+                "allow_nonfinite=True to run them anyway)"
+            )
+        logits = class_scores(self.run(x))  # FCN maps are averaged
+        if not np.isfinite(logits).all():
+            bad = sorted({int(i) for i in np.nonzero(~np.isfinite(logits))[0]})
+            raise ShapeError(f"the model produced non-finite scores for image(s) {bad}")
         exp = np.exp(logits - logits.max(1, keepdims=True))
         probs = exp / exp.sum(1, keepdims=True)
         names = self.class_names or [str(i) for i in range(probs.shape[1])]
         out = []
         for row in probs:
-            order = np.argsort(-row)[:top_k]
+            order = np.argsort(-row, kind="stable")[:top_k]
             out.append(
                 Prediction(
                     int(order[0]),

@@ -7,6 +7,7 @@ parity vs the PyTorch checkpoint are measured in this process through the same e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kompakt import __version__
+from kompakt import __version__, metrics
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.runtime import load
@@ -60,8 +61,14 @@ def _dataset(name: str, split: str, root: str | None):
     from kompakt.data import load_dataset
 
     data = load_dataset(name, root=root)
-    x, y = data.split(split)
-    return x.numpy(), y.numpy(), data.info
+    if split not in data.raw:
+        raise ConfigError(f"split {split!r} does not exist; valid splits: {', '.join(data.raw)}")
+    return data.raw[split], data.y[split].numpy(), data.info
+
+
+def _inputs(engine, raw: np.ndarray) -> np.ndarray:
+    """The dataset's raw images through this bundle's preprocessing (what predict computes)."""
+    return dataclasses.replace(engine.preprocessing, layout="CHW").normalize(raw)
 
 
 def _run_all(engine, x: np.ndarray) -> np.ndarray:
@@ -71,11 +78,10 @@ def _run_all(engine, x: np.ndarray) -> np.ndarray:
 
 
 def _accuracy(engine, x: np.ndarray, y: np.ndarray, task: str) -> dict:
-    logits = _run_all(engine, x)
-    logits = logits.reshape(len(logits), logits.shape[1], -1).mean(-1)
+    logits = metrics.class_scores(_run_all(engine, x))
+    out = {**metrics.accuracy(logits, y, task), "samples": len(y)}
     if task == "regression":
-        return {"rmse": float(np.sqrt(np.mean((logits.reshape(-1) - y) ** 2))), "samples": len(y)}
-    out = {"top1": float((logits.argmax(1) == y).mean()), "samples": len(y)}
+        return out
     if logits.shape[1] > 10:
         top5 = np.argsort(-logits, axis=1)[:, :5]
         out["top5"] = float((top5 == y[:, None]).any(1).mean())
@@ -85,17 +91,12 @@ def _accuracy(engine, x: np.ndarray, y: np.ndarray, task: str) -> dict:
 def _parity(engine, ckpt: str, x: np.ndarray) -> dict:
     import torch
 
-    from kompakt.train import load_checkpoint, model_from_checkpoint
+    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(ckpt))
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
-    got = _run_all(engine, x)
-    diff = np.abs(reference.astype(np.float64) - got)
-    return {"max_abs": float(diff.max()),
-            "max_rel": float(diff.max() / max(float(np.abs(reference).max()), 1e-12)),
-            "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
-            "samples": len(x)}  # fmt: skip
+    return metrics.parity(reference, _run_all(engine, x))
 
 
 def _bundle_bytes(bundle: Path, manifest: dict) -> tuple[int, int]:
@@ -177,11 +178,12 @@ def run(
                 )
         if x_eval is not None or ckpt:
             with load(path, threads=threads) as engine:
-                if x_eval is not None:
-                    measured = _accuracy(engine, x_eval, y_eval, info.task)
+                x = _inputs(engine, x_eval) if x_eval is not None else None
+                if x is not None:
+                    measured = _accuracy(engine, x, y_eval, info.task)
                     entry["accuracy"] = {"dataset": data, "split": split, **measured}
                 if ckpt:
-                    x = x_eval[:256] if x_eval is not None else _random_input(engine)
+                    x = x[:256] if x is not None else _random_input(engine)
                     entry["parity"] = _parity(engine, ckpt, x)
         results.append(entry)
     _add_ratios(results)

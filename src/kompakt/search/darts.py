@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from kompakt.data import load_dataset
 from kompakt.errors import ConfigError
+from kompakt.models.checkpoint import make_checkpoint, save_checkpoint
 from kompakt.search.space import SearchedNet, SuperNet
 
 
@@ -88,9 +89,6 @@ def bilevel_step(net, arch_opt, weight_opt, val_batch, train_batch, task, config
 
 def search(config: SearchConfig) -> dict:
     """Run the search; writes searched.pt (the plain model), genotype.json and history.json."""
-    # imported here: the model registry imports this package (for "searched")
-    from kompakt.train.checkpoint import atomic_save, make_checkpoint
-
     if config.prior not in ("dirichlet", "none"):
         raise ConfigError(f"prior must be 'dirichlet' or 'none', got {config.prior!r}")
     if config.epochs < 1 or config.nodes < 1 or config.width < 1:
@@ -170,7 +168,7 @@ def search(config: SearchConfig) -> dict:
         {"val": val},
         {"search": _jsonable(asdict(config))},
     )
-    atomic_save(ckpt, out / "searched.pt")
+    save_checkpoint(ckpt, out / "searched.pt")
     weights_by_edge = {
         k: dict(zip(e.names, e.weights().tolist(), strict=True)) for k, e in net.edges.items()
     }

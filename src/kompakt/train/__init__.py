@@ -1,10 +1,12 @@
-"""Training: `fit`, checkpoints (atomic, resumable), DDP."""
+"""Training: `fit` (exact resume, DDP, hooks), pruning, `kompakt prune`. Checkpoints live in
+`kompakt.models.checkpoint` and are re-exported here for the older import path."""
 
-from kompakt.train.checkpoint import (
+from kompakt.models.checkpoint import (
     atomic_save,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
+    save_checkpoint,
 )
 from kompakt.train.trainer import TrainConfig, TrainingDivergedError, evaluate, fit, parse_compress
 
@@ -18,4 +20,5 @@ __all__ = [
     "make_checkpoint",
     "model_from_checkpoint",
     "parse_compress",
+    "save_checkpoint",
 ]

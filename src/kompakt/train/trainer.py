@@ -25,12 +25,13 @@ from tqdm import tqdm
 from kompakt.data import DataSplits, load_dataset
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.models import MetaHeadConfig, TTConfig, build_model, compress_, layer_specs
-from kompakt.train.checkpoint import (
-    atomic_save,
+from kompakt.models.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
+    save_checkpoint,
 )
+from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
 
 
 class TrainingDivergedError(KompaktError):
@@ -251,8 +252,6 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
 
     pruner = None
     if config.prune == "relevance":
-        from kompakt.train.pruning import RelevanceConfig, RelevancePruner
-
         steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
         every = max(10, steps // 40)  # about 30 removal tests over the run
         relevance = RelevanceConfig(target=config.prune_target, every=every, warmup=every * 3,
@@ -331,8 +330,8 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         ckpt = make_checkpoint(model, spec, data_dict, {"val": last_val, "epoch": epoch + 1},
                                train_state)  # fmt: skip
         if improved and pruner is None:  # a pruning run's best.pt is its final compact model
-            atomic_save(ckpt, out / "best.pt")
-        atomic_save(ckpt, last_path)
+            save_checkpoint(ckpt, out / "best.pt")
+        save_checkpoint(ckpt, last_path)
         with open(metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         if not config.quiet:
@@ -360,8 +359,6 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
 
 def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
     """Remove the pruned filters for real and save the compact model as last.pt and best.pt."""
-    from kompakt.train.pruning import compact_
-
     groups = pruner.finish()
     sparsity = pruner.sparsity()
     pruner.masker.remove()
@@ -371,8 +368,8 @@ def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
     train_state = {"config": _jsonable(asdict(config)), "epoch": config.epochs, "pruned": True}
     ckpt = make_checkpoint(model, spec, data_dict, {"val": val, "epoch": config.epochs},
                            train_state)  # fmt: skip
-    atomic_save(ckpt, out / "best.pt")
-    atomic_save(ckpt, out / "last.pt")
+    save_checkpoint(ckpt, out / "best.pt")
+    save_checkpoint(ckpt, out / "last.pt")
     return val
 
 

@@ -1,36 +1,31 @@
-"""Checkpoints per the DESIGN.md contract: spec + state_dict, never pickled code, atomic writes."""
+"""Checkpoints per the DESIGN.md contract: spec + state_dict, never pickled code, atomic writes.
+
+They live with the models because every stage that turns a file into a model (export, deploy
+parity, bench, search, pruning) needs them, and none of those should depend on training.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kompakt._io import atomic_write
 from kompakt.errors import CheckpointError
-from kompakt.models import apply_layer_specs_, build_model
+from kompakt.models.registry import build_model
+from kompakt.models.resize import apply_resizes_
+from kompakt.models.surgery import apply_layer_specs_
 
 FORMAT = "kompakt-checkpoint/1"
 
 
-def atomic_save(obj: object, path: str | Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write `ckpt` atomically (temp file, fsync, rename): a crash never leaves half a file."""
+    atomic_write(path, lambda handle: torch.save(ckpt, handle))
+
+
+atomic_save = save_checkpoint  # the older name
 
 
 def make_checkpoint(
@@ -72,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
             f"{path} is not a kompakt checkpoint: expected format {FORMAT!r}, found {found!r} "
-            "(a plain state_dict? wrap it with kompakt.train.make_checkpoint)"
+            "(a plain state_dict? wrap it with kompakt.models.make_checkpoint)"
         )
     for key in ("model", "state_dict", "data"):
         if key not in ckpt:
@@ -83,8 +78,6 @@ def load_checkpoint(path: str | Path) -> dict:
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model from the registries and load its weights."""
     spec = ckpt["model"]
-    from kompakt.train.pruning import apply_resizes_
-
     model = build_model(spec["name"], **spec.get("kwargs", {}))
     apply_layer_specs_(model, spec.get("layers", []))
     apply_resizes_(model, spec.get("resized", []))
@@ -95,11 +88,3 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
             f"checkpoint weights do not fit model {spec['name']!r}: {str(error).splitlines()[0]}"
         ) from None
     return model.eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
