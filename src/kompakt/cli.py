@@ -436,12 +436,9 @@ def predict_command(
     """Classify image files with a bundle (its preprocessing; no resizing)."""
     import numpy as np
 
-    from kompakt.runtime import load
+    from kompakt.runtime import load, require
 
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ConfigError("predict reads images with Pillow: pip install pillow") from None
+    Image = require("PIL.Image", "data", "kompakt predict (it reads images with Pillow)")
     with load(bundle, backend=backend) as engine:
         channels = engine.inputs[0].shape[1]
         arrays = []

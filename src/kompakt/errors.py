@@ -30,3 +30,10 @@ class NotFoundError(KompaktError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class BackendUnavailable(KompaktError):
+    """A backend's package or device is missing here; the message says how to get it."""
+
+
+BackendUnavailableError = BackendUnavailable  # the older name

@@ -43,6 +43,11 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (plugins registered for one test, or replaced at run time)."""
+        self._entries.pop(name, None)
+        self._help.pop(name, None)
+
     def get(self, name: str) -> T:
         """The entry registered under `name`.
 

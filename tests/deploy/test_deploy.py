@@ -7,16 +7,22 @@ import pytest
 
 from bundles import bundle
 from kompakt.deploy import BACKENDS, BuildOptions, DeployConfig, build_bundle, list_backends
-from kompakt.deploy.backends import profile_batches, tensorrt_ep_options
+from kompakt.deploy.builders import profile_batches
+from kompakt.deploy.builders.onnxruntime import tensorrt_ep_options
+from kompakt.deploy.builders.tensorrt import TensorRTBuildSettings
 from kompakt.deploy.fp16 import convert_to_fp16
-from kompakt.deploy.tensorrt_backend import TensorRTBuildSettings
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export import lint_trt
 from kompakt.runtime import BackendUnavailableError, load
-from kompakt.runtime.tensorrt import check_fingerprint
+from kompakt.runtime.backends import RUNNERS
+from kompakt.runtime.backends.tensorrt import check_fingerprint
 
-CPU_BUILDS = [("onnxruntime", p) for p in ("fp32", "int8")] + [
-    ("openvino", p) for p in ("fp32", "fp16", "int8")
+# every registered CPU backend in every precision it declares: a new backend is tested here
+CPU_BUILDS = [
+    (name, precision)
+    for name in BACKENDS.names()
+    if BACKENDS.get(name).capabilities.device == "cpu"
+    for precision in BACKENDS.get(name).capabilities.precisions
 ]
 
 
@@ -115,13 +121,8 @@ def test_pytorch_parity_recorded_with_ckpt(lenet_onnx, tmp_path):
 
 def test_unavailable_backends_are_listed_with_the_fix():
     rows = {row["name"]: row for row in list_backends()}
-    assert set(rows) == {
-        "onnxruntime",
-        "onnxruntime-cuda",
-        "onnxruntime-tensorrt",
-        "openvino",
-        "tensorrt",
-    }
+    assert set(rows) == set(BACKENDS.names()) == set(RUNNERS.names())  # a builder and a runner
+    assert {"onnxruntime", "openvino", "tensorrt"} <= set(rows)
     for row in rows.values():
         assert row["available"] or "pip install" in row["reason"] or "GPU" in row["reason"]
 

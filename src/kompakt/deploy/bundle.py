@@ -28,18 +28,17 @@ import numpy as np
 import onnx
 
 from kompakt import __version__, metrics
-from kompakt.deploy.backends import BACKENDS, BuildOptions
+from kompakt.deploy.builders import BACKENDS, BuildOptions
 from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
+from kompakt.runtime.backends import RUNNERS, BackendUnavailable
 from kompakt.runtime.cpu import int8_isa
-from kompakt.runtime.engine import RUNNERS, BackendUnavailableError
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CPU_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def build_bundle(
     """Build a bundle directory for one backend and precision; returns its manifest.
 
     Raises:
-        BackendUnavailableError: the backend cannot run here (the message says how to get it).
+        BackendUnavailable: the backend cannot run here (the message says how to get it).
         ConfigError: bad options, an existing bundle without force, an unsupported precision.
     """
     config = config or DeployConfig()
@@ -155,7 +154,7 @@ def build_bundle(
     backend = BACKENDS.get(config.backend)()
     reason = backend.unavailable_reason()
     if reason:
-        raise BackendUnavailableError(f"backend {config.backend!r} is unavailable: {reason}")
+        raise BackendUnavailable(f"backend {config.backend!r} is unavailable: {reason}")
     if config.precision not in backend.precisions:
         raise ConfigError(
             f"backend {config.backend!r} supports precisions {backend.precisions}, not "
@@ -218,8 +217,8 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
         result = quantize_int8(
             tmp / "model.onnx", graph, calib, config.calib_method, scheme=config.int8_scheme
         )
-        quantization = _quantization_record(result, config)
-    elif precision == "fp16" and config.backend in ("tensorrt", "onnxruntime-tensorrt"):
+        quantization = _quantization_record(result, backend)
+    elif precision == "fp16" and backend.capabilities.fp16_graph:
         graph = tmp / "model.fp16.onnx"
         onnx.save(convert_to_fp16(source), graph)
     else:
@@ -274,7 +273,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 excluded,
                 scheme=config.int8_scheme,
             )
-            quantization = _quantization_record(result, config)
+            quantization = _quantization_record(result, backend)
             artefact, accuracy, parity = measure(graph)
         quantization["accuracy_guard"] = {
             "max_drop_points": config.max_accuracy_drop,
@@ -298,10 +297,10 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     return manifest
 
 
-def _quantization_record(result, config: DeployConfig) -> dict:
+def _quantization_record(result, backend) -> dict:
     record = asdict(result)
     # CPU int8 kernels saturate without VNNI; GPU backends accumulate in int32 on any device
-    record["cpu_kernels"] = config.backend in CPU_BACKENDS
+    record["cpu_kernels"] = backend.capabilities.device == "cpu"
     return record
 
 

@@ -5,8 +5,9 @@ with kompakt.runtime.load("bundle/") as engine:
     print(engine.predict([image])[0].label)
 """
 
+from kompakt.runtime.backends import RUNNERS, require
 from kompakt.runtime.engine import (
-    RUNNERS,
+    BackendUnavailable,
     BackendUnavailableError,
     Engine,
     Prediction,
@@ -17,6 +18,7 @@ from kompakt.runtime.manifest import BundleError, read_manifest, validate_manife
 
 __all__ = [
     "RUNNERS",
+    "BackendUnavailable",
     "BackendUnavailableError",
     "BundleError",
     "Engine",
@@ -24,5 +26,6 @@ __all__ = [
     "TensorSpec",
     "load",
     "read_manifest",
+    "require",
     "validate_manifest",
 ]

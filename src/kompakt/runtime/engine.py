@@ -7,25 +7,26 @@ labels = engine.predict([image_uint8_hwc])  # preprocessing from the bundle
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kompakt.errors import ConfigError, KompaktError, ShapeError
+from kompakt.errors import (
+    BackendUnavailable,
+    BackendUnavailableError,
+    ConfigError,
+    KompaktError,
+    ShapeError,
+)
 from kompakt.metrics import class_scores
-from kompakt.registry import Registry
+from kompakt.runtime.backends import RUNNERS
 from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.manifest import BundleError, confined, read_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
-RUNNERS: Registry = Registry("runtime backend")
-
-
-class BackendUnavailableError(KompaktError):
-    """The backend's package or device is missing here."""
+__all__ = ["RUNNERS", "BackendUnavailable", "BackendUnavailableError", "Engine", "load"]
 
 
 @dataclass(frozen=True)
@@ -41,124 +42,6 @@ class Prediction:
     label: str
     score: float
     top_k: list[tuple[str, float]]
-
-
-# -- backend runners --------------------------------------------------------------------------
-
-
-class OnnxRuntimeRunner:
-    """ONNX Runtime with one execution provider (CPU, CUDA or TensorRT); thread-safe `run`."""
-
-    providers: tuple = ("CPUExecutionProvider",)
-
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendUnavailableError(
-                "onnxruntime is not installed: pip install onnxruntime"
-            ) from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = self.provider_list(manifest)
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        active = self.session.get_providers()
-        if active[0] != wanted:  # ORT only warns and falls back to the CPU
-            raise BackendUnavailableError(
-                f"{wanted} is not active (ONNX Runtime fell back to {active}); install "
-                "onnxruntime-gpu with CUDA (pip install 'kompakt[gpu]') on a GPU machine"
-            )
-        self.input_name = self.session.get_inputs()[0].name
-
-    def provider_list(self, manifest: dict) -> list:
-        return list(self.providers)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
-
-    def close(self) -> None:
-        self.session = None
-
-
-RUNNERS.register("onnxruntime", help="ONNX Runtime, CPU execution provider")(OnnxRuntimeRunner)
-
-
-@RUNNERS.register("onnxruntime-cuda", help="ONNX Runtime, CUDA execution provider")
-class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
-    def provider_list(self, manifest: dict) -> list:
-        options = manifest.get("backend_options", {}).get("provider_options", {})
-        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-
-
-@RUNNERS.register("onnxruntime-tensorrt", help="ONNX Runtime, TensorRT execution provider")
-class OnnxRuntimeTensorrtRunner(OnnxRuntimeRunner):
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
-        self.bundle = path.parent
-        super().__init__(path, manifest, threads)
-
-    def provider_list(self, manifest: dict) -> list:
-        options = dict(manifest.get("backend_options", {}).get("provider_options", {}))
-        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
-            if key in options:  # caches live inside the bundle
-                options[key] = str(confined(self.bundle, options[key]))
-        return [
-            ("TensorrtExecutionProvider", options),
-            "CUDAExecutionProvider",
-            "CPUExecutionProvider",
-        ]
-
-
-@RUNNERS.register("openvino", help="OpenVINO IR on the CPU device")
-class OpenVinoRunner:
-    """One compiled model; one infer request per thread (requests are not thread-safe)."""
-
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise BackendUnavailableError(
-                "openvino is not installed: pip install 'kompakt[openvino]'"
-            ) from None
-        core = ov.Core()
-        config: dict = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-        if manifest.get("precision") == "fp32":
-            # the CPU plugin computes in bf16 where the CPU has it, unless told otherwise
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = core.compile_model(str(path), "CPU", config)
-        self.local = threading.local()
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        request = getattr(self.local, "request", None)
-        if request is None:
-            request = self.local.request = self.compiled.create_infer_request()
-        request.infer({0: x})
-        return np.array(request.get_output_tensor(0).data, copy=True)
-
-    def close(self) -> None:
-        self.compiled = None
-
-
-@RUNNERS.register("tensorrt", help="a native TensorRT engine (plan) on a CUDA GPU")
-class TensorRTRunner:
-    """Deserialises the plan; refuses one built for another GPU or TensorRT version."""
-
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
-        from kompakt.runtime.tensorrt import TensorRTEngineRunner
-
-        self.inner = TensorRTEngineRunner(path, manifest)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.inner.run(x)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-# -- the engine -------------------------------------------------------------------------------
 
 
 def _spec(entry: dict) -> TensorSpec:

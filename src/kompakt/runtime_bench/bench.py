@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -22,6 +23,7 @@ from kompakt import __version__, metrics
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.runtime import load
+from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
 
 CV_WARNING = 0.10
@@ -50,7 +52,10 @@ def _worker(bundle: Path, batch: int, warmup_s: float, min_runs: int, duration_s
            str(duration_s)]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for module in plugin_modules():  # backends registered outside kompakt
+        cmd += ["--plugin", module]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise KompaktError(f"benchmark worker failed on {bundle} at batch {batch}: {last}")

@@ -36,15 +36,6 @@ def _peak_kib() -> int | None:
     return peak
 
 
-BACKEND_MODULES = {
-    "onnxruntime": "onnxruntime",
-    "onnxruntime-cuda": "onnxruntime",
-    "onnxruntime-tensorrt": "onnxruntime",
-    "openvino": "openvino",
-    "tensorrt": "tensorrt",
-}
-
-
 def measure(
     bundle: str,
     batches: list[int],
@@ -55,13 +46,13 @@ def measure(
 ) -> dict:
     import numpy as np
 
-    from kompakt.runtime import load
+    from kompakt.runtime import RUNNERS, load
     from kompakt.runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle, verify=False)
-    module = BACKEND_MODULES.get(manifest["backend"])
-    if module:
-        importlib.import_module(module)
+    sdk = getattr(RUNNERS.get(manifest["backend"]), "sdk", None)
+    if sdk:  # imported before the baseline: the SDK is not the model's memory
+        importlib.import_module(sdk)
     baseline = _status_kib("VmRSS")
     start = time.perf_counter()
     engine = load(bundle, threads=threads)
@@ -104,7 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-runs", type=int, default=50)
     parser.add_argument("--duration-s", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        help="a module to import first (it registers a runtime backend)",
+    )
     args = parser.parse_args(argv)
+    for module in args.plugin:
+        importlib.import_module(module)
     batches = [int(b) for b in args.batches.split(",")]
     result = measure(args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s,
                      args.threads)  # fmt: skip

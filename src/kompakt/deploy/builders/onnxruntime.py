@@ -1,77 +1,24 @@
-"""Deploy backends (a registry): how each turns an ONNX model into a bundle artefact.
-
-An unavailable backend stays listed with the reason and the fix (`kompakt deploy
---list-backends`). Heavy SDKs are imported inside the methods that need them.
-"""
+"""ONNX Runtime builders: the CPU execution provider, and the CUDA / TensorRT providers."""
 
 from __future__ import annotations
 
-import importlib.util
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from kompakt.deploy.builders import (
+    BACKENDS,
+    Artefact,
+    Backend,
+    BuildOptions,
+    Capabilities,
+    profile_batches,
+)
 from kompakt.errors import ConfigError
-from kompakt.registry import Registry
-
-BACKENDS: Registry = Registry("backend")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Backend options shared by `kompakt deploy` and `build_bundle`."""
-
-    threads: int | None = None
-    opt_level: str = "basic"  # onnxruntime: basic (portable artefact) | all (this machine only)
-    ort_format: bool = False
-    min_batch: int = 1
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    device_id: int = 0
-    workspace_mib: int = 2048
-    builder_optimization_level: int = 3
-    rebuild_if_stale: bool = False
-
-
-@dataclass
-class Artefact:
-    """What a backend built: the file the runtime loads, extra files, options for the runner."""
-
-    path: str  # relative to the bundle
-    extra: list[str] = field(default_factory=list)
-    backend_options: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-
-class Backend(ABC):
-    name = ""
-    precisions: tuple[str, ...] = ("fp32",)
-    needs = ""  # what to install, for the unavailable message
-
-    def unavailable_reason(self) -> str | None:
-        return None
-
-    @abstractmethod
-    def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
-        """Build the artefact for `model` (already in `precision`) inside `bundle`."""
-
-
-def profile_batches(options: BuildOptions) -> tuple[int, int, int]:
-    """(min, opt, max) batch for optimisation profiles, validated."""
-    low = options.min_batch
-    high = options.max_batch or max(low, 32)
-    opt = options.opt_batch or min(max(low, 8), high)
-    if not 1 <= low <= opt <= high:
-        raise ConfigError(
-            f"batch profile must satisfy 1 <= min ({low}) <= opt ({opt}) <= max ({high})"
-        )
-    return low, opt, high
 
 
 @BACKENDS.register("onnxruntime", help="ONNX Runtime CPU execution provider")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    precisions = ("fp32", "int8")
+    capabilities = Capabilities(precisions=("fp32", "int8"), device="cpu")
 
     def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
         import onnxruntime as ort
@@ -212,14 +159,14 @@ class _OrtGpuBackend(Backend):
 class OnnxRuntimeCudaBackend(_OrtGpuBackend):
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
-    precisions = ("fp32", "fp16", "int8")
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu")
 
 
 @BACKENDS.register("onnxruntime-tensorrt", help="ONNX Runtime TensorRT execution provider")
 class OnnxRuntimeTensorrtBackend(_OrtGpuBackend):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
-    precisions = ("fp32", "fp16", "int8")
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True)
 
     def provider_options(self, model: Path, precision: str, options: BuildOptions) -> dict:
         import onnx
@@ -227,84 +174,3 @@ class OnnxRuntimeTensorrtBackend(_OrtGpuBackend):
         graph = onnx.load(str(model), load_external_data=False).graph
         shape = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
         return tensorrt_ep_options(graph.input[0].name, shape, precision, options)
-
-
-@BACKENDS.register("openvino", help="OpenVINO IR on the CPU device")
-class OpenVinoBackend(Backend):
-    name = "openvino"
-    precisions = ("fp32", "fp16", "int8")
-    needs = "pip install 'kompakt[openvino]'"
-
-    def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return f"the openvino package is not installed; {self.needs}"
-        return None
-
-    def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
-        import openvino as ov
-
-        ir = ov.convert_model(str(model))
-        # fp16: weights stored in half precision; the CPU plugin computes in fp32/bf16
-        ov.save_model(ir, str(bundle / "model.xml"), compress_to_fp16=precision == "fp16")
-        return Artefact(
-            "model.xml",
-            extra=["model.bin"],
-            backend_options={"device": "CPU", "threads": options.threads},
-            info={"openvino": ov.__version__},
-        )
-
-
-@BACKENDS.register("tensorrt", help="native TensorRT engine (plan) on a CUDA GPU")
-class TensorRTBackend(Backend):
-    name = "tensorrt"
-    precisions = ("fp32", "fp16", "int8")
-    needs = "pip install 'kompakt[gpu]' (tensorrt) and a CUDA GPU"
-
-    def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("tensorrt") is None:
-            return f"the tensorrt package is not installed; {self.needs}"
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-        except ImportError:
-            return "torch with CUDA is needed for TensorRT buffers"
-        return None
-
-    def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
-        from kompakt.deploy.tensorrt_backend import TensorRTBuildSettings, build_plan
-
-        low, opt, high = profile_batches(options)
-        settings = TensorRTBuildSettings(
-            precision=precision,
-            min_batch=low,
-            opt_batch=opt,
-            max_batch=high,
-            workspace_mib=options.workspace_mib,
-            optimization_level=options.builder_optimization_level,
-        )
-        info = build_plan(model, bundle, settings)
-        return Artefact(
-            "model.plan",
-            extra=["timing.cache", "layers.json"],
-            backend_options={"settings": settings.to_dict()},
-            info=info,
-        )
-
-
-def list_backends() -> list[dict]:
-    """Every registered backend with its precisions and, if unavailable, why and the fix."""
-    rows = []
-    for name in BACKENDS.names():
-        backend = BACKENDS.get(name)()
-        reason = backend.unavailable_reason()
-        rows.append(
-            {
-                "name": name,
-                "precisions": list(backend.precisions),
-                "available": reason is None,
-                "reason": reason,
-            }
-        )
-    return rows

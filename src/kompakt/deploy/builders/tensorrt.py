@@ -9,11 +9,21 @@ implicit-precision builder flags are used only behind a version check, when aske
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kompakt.deploy.builders import (
+    BACKENDS,
+    Artefact,
+    Backend,
+    BuildOptions,
+    Capabilities,
+    profile_batches,
+)
 from kompakt.errors import ConfigError, KompaktError
+from kompakt.runtime.backends.tensorrt import cuda_call, cudart, device_fingerprint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -86,19 +96,6 @@ class TensorRTBuildSettings:
         return {"strongly_typed": True, "builder_flags": [], "graph": graph}
 
 
-def device_fingerprint() -> dict:
-    """TensorRT version, GPU name and compute capability: a plan only runs where it was built."""
-    import tensorrt as trt
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return {
-        "tensorrt": trt.__version__,
-        "gpu": torch.cuda.get_device_name(0),
-        "compute_capability": f"{major}.{minor}",
-    }
-
-
 def build_plan(onnx_path: Path, bundle: Path, settings: TensorRTBuildSettings) -> dict:
     """Parse, configure and build a serialised engine into bundle/model.plan.
 
@@ -148,3 +145,37 @@ def build_plan(onnx_path: Path, bundle: Path, settings: TensorRTBuildSettings) -
         "precision_plan": plan,
         "device_memory_bytes": int(engine.device_memory_size_v2),
     }
+
+
+@BACKENDS.register("tensorrt", help="native TensorRT engine (plan) on a CUDA GPU")
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True)
+    needs = "pip install 'kompakt[gpu]' (tensorrt) and a CUDA GPU"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("tensorrt") is None:
+            return f"the tensorrt package is not installed; {self.needs}"
+        try:
+            count = cuda_call(cudart().cudaGetDeviceCount())
+        except KompaktError as error:
+            return f"cuda-python cannot reach a CUDA GPU ({error}); {self.needs}"
+        return None if count else "no CUDA GPU is visible (cudaGetDeviceCount() is 0)"
+
+    def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
+        low, opt, high = profile_batches(options)
+        settings = TensorRTBuildSettings(
+            precision=precision,
+            min_batch=low,
+            opt_batch=opt,
+            max_batch=high,
+            workspace_mib=options.workspace_mib,
+            optimization_level=options.builder_optimization_level,
+        )
+        info = build_plan(model, bundle, settings)
+        return Artefact(
+            "model.plan",
+            extra=["timing.cache", "layers.json"],
+            backend_options={"settings": settings.to_dict()},
+            info=info,
+        )

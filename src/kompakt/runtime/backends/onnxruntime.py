@@ -1,0 +1,100 @@
+"""ONNX Runtime runners: the CPU, CUDA and TensorRT execution providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kompakt.errors import BackendUnavailable
+from kompakt.runtime.backends import RUNNERS, require
+from kompakt.runtime.manifest import BundleError, confined
+
+# TensorRT EP options a bundle may set. Anything else (notably the options that load a shared
+# library: trt_engine_decryption_lib_path, trt_extra_plugin_lib_paths) is refused: a manifest
+# never chooses code to run.
+TRT_EP_OPTIONS = frozenset({
+    "device_id", "trt_max_workspace_size", "trt_fp16_enable", "trt_bf16_enable",
+    "trt_int8_enable", "trt_engine_cache_enable", "trt_engine_cache_path",
+    "trt_timing_cache_enable", "trt_timing_cache_path", "trt_builder_optimization_level",
+    "trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes",
+    "trt_cuda_graph_enable", "trt_auxiliary_streams", "trt_detailed_build_log",
+    "trt_build_heuristics_enable", "trt_context_memory_sharing_enable", "trt_min_subgraph_size",
+})  # fmt: skip
+CUDA_EP_OPTIONS = frozenset({
+    "device_id", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search",
+    "cudnn_conv_use_max_workspace", "do_copy_in_default_stream", "enable_cuda_graph",
+    "prefer_nhwc", "use_tf32",
+})  # fmt: skip
+
+
+def _checked(options: dict, allowed: frozenset, provider: str) -> dict:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BundleError(
+            f"the manifest sets {provider} options kompakt does not allow: {unknown}; rebuild "
+            "the bundle with kompakt deploy"
+        )
+    return dict(options)
+
+
+@RUNNERS.register("onnxruntime", help="ONNX Runtime, CPU execution provider")
+class OnnxRuntimeRunner:
+    """ONNX Runtime with one execution provider (CPU, CUDA or TensorRT); thread-safe `run`."""
+
+    sdk = "onnxruntime"
+    extra = "dev"  # onnxruntime is a core dependency; the GPU runners need the gpu extra
+
+    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
+        ort = require("onnxruntime", self.extra, f"the {manifest['backend']} backend")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = self.provider_list(path, manifest)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        active = self.session.get_providers()
+        if active[0] != wanted:  # ORT only warns and falls back to the CPU
+            raise BackendUnavailable(
+                f"{wanted} is not active (ONNX Runtime fell back to {active}); install "
+                "onnxruntime-gpu with CUDA (pip install 'kompakt[gpu]') on a GPU machine"
+            )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def provider_list(self, path: Path, manifest: dict) -> list:
+        return ["CPUExecutionProvider"]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+@RUNNERS.register("onnxruntime-cuda", help="ONNX Runtime, CUDA execution provider")
+class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+    extra = "gpu"
+
+    def provider_list(self, path: Path, manifest: dict) -> list:
+        options = manifest.get("backend_options", {}).get("provider_options", {})
+        options = _checked(options, CUDA_EP_OPTIONS, "CUDA execution provider")
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+@RUNNERS.register("onnxruntime-tensorrt", help="ONNX Runtime, TensorRT execution provider")
+class OnnxRuntimeTensorrtRunner(OnnxRuntimeRunner):
+    extra = "gpu"
+
+    def provider_list(self, path: Path, manifest: dict) -> list:
+        options = manifest.get("backend_options", {}).get("provider_options", {})
+        options = _checked(options, TRT_EP_OPTIONS, "TensorRT execution provider")
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            if key in options:  # caches live inside the bundle
+                options[key] = str(confined(path.parent, options[key]))
+        return [
+            ("TensorrtExecutionProvider", options),
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
