@@ -8,27 +8,12 @@ import math
 import torch
 from torch import nn
 
-from kompakt.layers import ChannelConv3d, GroupedLinear, Meta, MetaHead, TTConv2d, TTLinear
-
-COMPOSITE = (TTLinear, TTConv2d, MetaHead, ChannelConv3d, GroupedLinear, Meta)
+from kompakt.layers import CompressedLayer
 
 
 def _macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    batch = inp.shape[0]
-    if isinstance(module, TTLinear):
-        return module.flops(math.prod(inp.shape[:-1]))
-    if isinstance(module, TTConv2d):
-        return module.flops(batch, inp.shape[2], inp.shape[3])
-    if isinstance(module, ChannelConv3d):
-        return out.numel() * module.depth * module.kernel_size[0] * module.kernel_size[1]
-    if isinstance(module, GroupedLinear):
-        return math.prod(inp.shape[:-1]) * module.weight.numel()
-    if isinstance(module, MetaHead):
-        rows = math.prod(inp.shape[:-1])
-        grouped = rows * module.grouped.weight.numel()
-        return grouped + rows * module.group_out * module.groups * module.meta_out
-    if isinstance(module, Meta):
-        return out.numel() * module.n_in
+    if isinstance(module, CompressedLayer):
+        return module.macs(tuple(inp.shape))
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return out.numel() * per_output
@@ -62,7 +47,7 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, COMPOSITE) or not list(child.children()):
+            if isinstance(child, CompressedLayer) or not list(child.children()):
                 hooks.append(child.register_forward_hook(hook(full)))
             else:
                 visit(full, child)

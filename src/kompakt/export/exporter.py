@@ -30,7 +30,7 @@ from kompakt._io import atomic_write, atomic_write_text, sha256_file
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export.fc_to_conv import fc_to_conv
 from kompakt.export.trt_lint import lint_trt
-from kompakt.layers import TTConv2d, TTLinear
+from kompakt.layers import CompressedLayer
 from kompakt.metrics import parity
 from kompakt.models.common import set_submodule
 from kompakt.runtime.preprocessing import Preprocessing
@@ -113,7 +113,7 @@ class ExportMetadata:
             "class_names": json.dumps([str(c) for c in self.class_names]),
             "dataset": json.dumps(self.dataset or {"name": None, "root": None}),
             "task": self.task,
-            "tt_layers": json.dumps([{k: r[k] for k in LAYER_KEYS} for r in layers]),
+            "tt_layers": json.dumps([{k: r.get(k) for k in LAYER_KEYS} for r in layers]),
         }
         if self.preprocessing is not None:  # absent = unknown: deploy takes the dataset's
             props["preprocessing"] = json.dumps(self.preprocessing.to_dict())
@@ -168,13 +168,20 @@ class ExportReport:
 # -- tt_mode ----------------------------------------------------------------------------------
 
 
-def _conv_input_hw(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Spatial input size of every TTConv2d for the example input (for the cost model)."""
-    sizes: dict[str, tuple[int, int]] = {}
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Input shape of every compressed layer for the example input (for the cost model)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def record(module: nn.Module, args: tuple) -> None:  # None: the inputs stay as they are
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return record
+
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args, n=n: sizes.__setitem__(n, args[0].shape[-2:]))
+        m.register_forward_pre_hook(recorder(n))
         for n, m in model.named_modules()
-        if isinstance(m, TTConv2d)
+        if isinstance(m, CompressedLayer)
     ]
     try:
         with torch.no_grad():
@@ -182,52 +189,35 @@ def _conv_input_hw(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[i
     finally:
         for h in hooks:
             h.remove()
-    return {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
+    return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
 
 def apply_tt_mode(
     model: nn.Module, mode: str, batch: int, example: torch.Tensor
 ) -> tuple[nn.Module, list[dict]]:
-    """Fix each TT layer's exported form; returns the model (a new root when the model itself is
-    a TT layer made dense) and one record per layer.
+    """Fix each compressed layer's exported form; returns the model (a new root when the model
+    itself is a layer made dense) and one record per layer that has a choice of forms.
 
-    Forms: TTLinear "factored" (core chain) or "dense" (Gemm); TTConv2d "factored" (the kernel
-    is rebuilt in-graph from the cores and fed to one Conv, so the file keeps only the cores;
-    `auto`'s default), "chain" (spatial conv + per-pixel core chain, chosen by `auto` only when
-    it needs fewer multiply-adds than the Conv) or "dense" (a plain Conv).
+    Every `CompressedLayer` lists its forms (`export_forms`, e.g. TTLinear "factored" / "dense",
+    TTConv2d "factored" / "chain" / "dense") and prices them (`export_costs`); "auto" takes the
+    cheapest at the target batch, ties going to the first listed (the factored form, which
+    keeps the file small). A mode a layer does not offer leaves it as written.
     """
     records = []
-    conv_hw = _conv_input_hw(model, example)
+    shapes = _input_shapes(model, example)
     for name, module in list(model.named_modules()):
-        if isinstance(module, TTLinear):
-            factored = module.flops(batch)
-            dense = batch * (module.in_features * module.out_features + module.out_features)
-            form = mode if mode != "auto" else ("factored" if factored <= dense else "dense")
-            macs = factored if form == "factored" else dense
-        elif isinstance(module, TTConv2d):
-            h, w = conv_hw.get(name, (1, 1))
-            costs = module.costs(batch, h, w)
-            ho, wo = module.output_hw(h, w)
-            conv = (
-                batch
-                * ho
-                * wo
-                * module.out_channels
-                * module.in_channels
-                * (module.kernel_size[0] * module.kernel_size[1])
-            )
-            if mode == "auto":
-                # "factored" (kernel rebuilt in-graph) costs the Conv's MACs per run, since
-                # runtimes fold the rebuild once at load, and keeps the file small: it wins
-                # the tie with "dense"; "chain" wins only if it needs fewer MACs than the Conv.
-                form = "chain" if costs.get("factored", math.inf) < conv else "factored"
-            else:
-                form = mode
-            macs = {"chain": costs.get("factored", 0), "dense": conv, "factored": costs["dense"]}[
-                form
-            ]
-        else:
+        if not isinstance(module, CompressedLayer) or len(module.export_forms()) < 2:
             continue
+        shape = shapes.get(name)
+        if shape is None:
+            continue  # not reached by the example input: leave it as written
+        shape = (batch, *shape[1:])
+        costs = module.export_costs(shape)
+        forms = module.export_forms()
+        if mode == "auto":
+            form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
+        else:
+            form = mode if mode in forms else forms[0]
         record = {
             "name": name,
             "type": type(module).__name__,
@@ -235,17 +225,16 @@ def apply_tt_mode(
             "params": module.core_params(),
             "dense_params": module.dense_params(),
             "compression": module.compression_ratio(),
-            "macs": macs,
-            "in_modes": list(module.in_modes),
-            "out_modes": list(module.out_modes),
-            "ranks": list(module.ranks),
+            "macs": costs.get(form, 0),
+            "costs": {f: costs[f] for f in forms if f in costs},
+            **module.export_info(),
         }
-        if form == "dense" and not name:
-            model = module.to_dense()  # the bare layer itself
-        elif form == "dense":
-            set_submodule(model, name, module.to_dense())
-        elif isinstance(module, TTConv2d):
-            module.forward_mode = "factored" if form == "chain" else "dense"
+        replacement = module.export_as(form)
+        if replacement is not module:
+            if not name:
+                model = replacement  # the bare layer itself
+            else:
+                set_submodule(model, name, replacement)
         records.append(record)
     return model, records
 
@@ -254,19 +243,17 @@ def apply_tt_mode(
 
 
 def _fold_limit(model: nn.Module) -> int | None:
-    """Constant-folding output limit that keeps rebuilt TT-conv kernels out of the file.
+    """Constant-folding output limit that keeps rebuilt compressed weights out of the file.
 
-    Folding a TT core's reshape/transpose is free (same size); folding the kernel rebuild would
-    store the dense kernel. So fold only outputs no larger than the largest core.
+    Folding a core's reshape/transpose is free (same size); folding a kernel rebuild would store
+    the dense kernel. So fold only outputs no larger than the largest core and smaller than the
+    smallest weight a layer rebuilds in-graph (each layer says both: `export_constants`).
     """
-    convs = [m for m in model.modules() if isinstance(m, TTConv2d) and m.forward_mode != "factored"]
-    if not convs:
+    constants = [m.export_constants() for m in model.modules() if isinstance(m, CompressedLayer)]
+    rebuilt = [size for _, size in constants if size is not None]
+    if not rebuilt:
         return None
-    cores = [
-        p.numel() for m in model.modules() if isinstance(m, TTLinear | TTConv2d) for p in m.cores
-    ]
-    smallest_kernel = min(m.dense_params() for m in convs)
-    return max(1024, min(max(cores), smallest_kernel - 1))
+    return max(1024, min(max(core for core, _ in constants), min(rebuilt) - 1))
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, config: ExportConfig):

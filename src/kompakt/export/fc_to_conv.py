@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kompakt.errors import ConfigError
-from kompakt.layers import TTLinear
+from kompakt.layers import CompressedLayer
 
 ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.Tanh)
 
@@ -25,11 +25,18 @@ def _find_head(model: nn.Module) -> tuple[nn.Sequential, int]:
             continue
         children = list(module)
         for i, child in enumerate(children[:-1]):
-            if isinstance(child, nn.Flatten) and isinstance(children[i + 1], nn.Linear | TTLinear):
+            if isinstance(child, nn.Flatten) and _linear_like(children[i + 1]):
                 return module, i
     raise ConfigError(
         "fc_to_conv needs an nn.Sequential holding nn.Flatten followed by nn.Linear (the "
         "classifier head); this model flattens some other way or has no FC head"
+    )
+
+
+def _linear_like(module: nn.Module) -> bool:
+    """nn.Linear, or a compressed layer whose dense twin is one (TTLinear, MetaHead...)."""
+    return isinstance(module, nn.Linear) or (
+        isinstance(module, CompressedLayer) and module.dense_type is nn.Linear
     )
 
 
@@ -53,7 +60,7 @@ def fc_to_conv(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     first = True
     for i in range(flat_index + 1, len(head)):
         layer = head[i]
-        if isinstance(layer, TTLinear):
+        if isinstance(layer, CompressedLayer) and layer.dense_type is nn.Linear:
             layer = layer.to_dense()
         if isinstance(layer, nn.Linear):
             kernel = (height, width) if first else (1, 1)
@@ -68,7 +75,8 @@ def fc_to_conv(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
         elif not isinstance(layer, ELEMENTWISE):
             raise ConfigError(
                 f"fc_to_conv cannot convert {type(layer).__name__} in the head; it handles "
-                "Linear/TTLinear with element-wise activations and dropout between them"
+                "Linear (or compressed linears) with element-wise activations and dropout between "
+                "them"
             )
     head[flat_index] = nn.Identity()
     return model

@@ -1,13 +1,23 @@
 """Compressed layers: TT linear/conv, Meta, grouped heads, Conv3d over channels.
 
-Every layer is an `nn.Module` registered in `LAYERS`, has `to_dense()` returning its exact dense
-twin, and reports its compression ratio against that twin in `extra_repr`.
+Every layer is a `CompressedLayer` registered in `LAYERS` (init_args, dense_params, macs,
+to_dense / from_dense, export forms) and reports its compression ratio in `extra_repr`.
 """
 
+from kompakt.layers.base import CompressedLayer
 from kompakt.layers.channel_conv3d import ChannelConv3d
 from kompakt.layers.meta import GroupedLinear, Meta, MetaHead
 from kompakt.layers.registry import LAYERS
 from kompakt.layers.tt_conv import TTConv2d
 from kompakt.layers.tt_linear import TTLinear
 
-__all__ = ["LAYERS", "ChannelConv3d", "GroupedLinear", "Meta", "MetaHead", "TTConv2d", "TTLinear"]
+__all__ = [
+    "LAYERS",
+    "ChannelConv3d",
+    "CompressedLayer",
+    "GroupedLinear",
+    "Meta",
+    "MetaHead",
+    "TTConv2d",
+    "TTLinear",
+]

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kompakt.errors import ConfigError, ShapeError
+from kompakt.layers.base import CompressedLayer
 from kompakt.layers.registry import LAYERS
 from kompakt.layers.tt import check_positive_int
 from kompakt.layers.tt_conv import _pair
 
 
 @LAYERS.register("channel-conv3d")
-class ChannelConv3d(nn.Module):
+class ChannelConv3d(CompressedLayer):
     """The C input maps stacked on a depth axis, convolved by s filters of h x v x u.
 
     With unit depth stride each filter gives C - u + 1 maps, so out_channels = (C - u + 1) * s
@@ -33,6 +34,8 @@ class ChannelConv3d(nn.Module):
         depth: u, the kernel's extent along the channel axis (1 <= u <= C).
         stride, padding: spatial only (the depth axis is never padded or strided).
     """
+
+    dense_type = nn.Conv2d
 
     def __init__(
         self,
@@ -100,6 +103,32 @@ class ChannelConv3d(nn.Module):
         """(h v u + 1) s, the seed's count (bias included)."""
         h, v = self.kernel_size
         return (h * v * self.depth + (1 if self.bias is not None else 0)) * self.filters
+
+    def init_args(self) -> dict:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "depth": self.depth,
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "bias": self.bias is not None,
+        }
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """Each output map is one filter over u channels of h x v positions."""
+        batch, _, height, width = input_shape
+        ho, wo = (
+            (size + 2 * p - k) // s + 1
+            for size, k, s, p in zip(
+                (height, width), self.kernel_size, self.stride, self.padding, strict=True
+            )
+        )
+        h, v = self.kernel_size
+        return batch * self.out_channels * ho * wo * self.depth * h * v
+
+    def core_params(self) -> int:
+        return self.params_formula()
 
     def dense_params(self) -> int:
         """(h v C + 1) D: the Conv2d with the same input and output channels."""

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from kompakt.errors import ConfigError, ShapeError
+from kompakt.layers.base import CompressedLayer
 from kompakt.layers.registry import LAYERS
 from kompakt.layers.tt import check_positive_int
 
 
 @LAYERS.register("meta")
-class Meta(nn.Module):
+class Meta(CompressedLayer):
     """Meta(N, M): output group m = sum_n w[n, m] * input group n.
 
     One scalar weight per (input group, output group) edge: every weight inside a group is tied.
@@ -35,6 +36,16 @@ class Meta(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_in, n_out, device=device, dtype=dtype))
         self.reset_parameters()
 
+    def init_args(self) -> dict:
+        return {"n_in": self.n_in, "n_out": self.n_out}
+
+    def dense_params(self) -> int:
+        return self.n_in * self.n_out
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """Each of the n_out output columns sums n_in weighted inputs, per row."""
+        return math.prod(input_shape[:-1]) * self.n_in * self.n_out
+
     def reset_parameters(self) -> None:
         # Start as an averaging of the groups plus noise, so a fresh head passes signal through.
         with torch.no_grad():
@@ -50,12 +61,14 @@ class Meta(nn.Module):
 
 
 @LAYERS.register("grouped-linear")
-class GroupedLinear(nn.Module):
+class GroupedLinear(CompressedLayer):
     """G independent linears over contiguous slices of the features, as one batched matmul.
 
     Group g maps features [g*K/G, (g+1)*K/G) to outputs [g*L, (g+1)*L), L = out_features / G.
     Input (..., in_features) -> output (..., out_features).
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self,
@@ -103,6 +116,17 @@ class GroupedLinear(nn.Module):
             h = h + self.bias
         return h.reshape(*lead, self.out_features)
 
+    def init_args(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+        }
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        return math.prod(input_shape[:-1]) * self.weight.numel()
+
     def dense_params(self) -> int:
         return self.in_features * self.out_features + (
             self.out_features if self.bias is not None else 0
@@ -138,7 +162,7 @@ class GroupedLinear(nn.Module):
 
 
 @LAYERS.register("meta-head")
-class MetaHead(nn.Module):
+class MetaHead(CompressedLayer):
     """The seed's replacement for a wide FC layer: G small FCs (-> Dropout) -> Meta(G, M).
 
     The K inputs are split into G groups; group g gets its own FC with L = out_features / M
@@ -152,6 +176,8 @@ class MetaHead(nn.Module):
         meta_out: M (default G; must divide out_features).
         dropout: dropout between the group FCs and Meta (the seed's "FC -> Dropout").
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self,
@@ -208,6 +234,20 @@ class MetaHead(nn.Module):
             linear.weight.copy_(weight)
             linear.bias.copy_(offset)
         return linear
+
+    def init_args(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "groups": self.groups,
+            "meta_out": self.meta_out,
+            "dropout": self.dropout.p,
+            "bias": self.grouped.bias is not None,
+        }
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        rows = math.prod(input_shape[:-1])
+        return rows * (self.grouped.weight.numel() + self.group_out * self.groups * self.meta_out)
 
     def dense_params(self) -> int:
         return self.in_features * self.out_features + self.out_features

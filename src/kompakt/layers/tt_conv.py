@@ -11,6 +11,7 @@ from torch import nn
 
 from kompakt.errors import ConfigError, ShapeError
 from kompakt.layers import tt
+from kompakt.layers.base import CompressedLayer
 from kompakt.layers.registry import LAYERS
 
 VARIANTS = ("tt", "naive")
@@ -30,7 +31,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 
 @LAYERS.register("tt-conv2d")
-class TTConv2d(nn.Module):
+class TTConv2d(CompressedLayer):
     """2-D convolution whose kernel is in TT format.
 
     variant "tt" (Garipov): K(x, y, c, s) = G0[x, y] G1[c1, s1] ... Gd[cd, sd]; stored as a
@@ -52,6 +53,8 @@ class TTConv2d(nn.Module):
         variant: "tt" or "naive".
         forward_mode: "auto", "factored" or "dense".
     """
+
+    dense_type = nn.Conv2d
 
     def __init__(
         self,
@@ -335,6 +338,63 @@ class TTConv2d(nn.Module):
     def compression_ratio(self) -> float:
         """Dense kernel entries per core parameter (biases excluded on both sides)."""
         return self.dense_params() / self.core_params()
+
+    # -- the CompressedLayer contract ---------------------------------------------------------
+
+    def init_args(self) -> dict:
+        args = {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "ranks": list(self.ranks[1:-1]),
+            "bias": self.bias is not None,
+            "variant": self.variant,
+            "forward_mode": self.forward_mode,
+        }
+        if self.variant == "tt":
+            args.update(in_modes=list(self.in_modes), out_modes=list(self.out_modes))
+        return args
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        batch, _, height, width = input_shape
+        return self.flops(batch, height, width)
+
+    def export_forms(self) -> tuple[str, ...]:
+        # factored: the kernel is rebuilt in-graph from the cores and fed to one Conv (the file
+        # keeps only the cores); chain: spatial conv + per-pixel core chain; dense: a plain Conv
+        return ("factored", "chain", "dense") if self.variant == "tt" else ("factored", "dense")
+
+    def export_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        batch, _, height, width = input_shape
+        ho, wo = self.output_hw(height, width)
+        conv = batch * ho * wo * self.dense_params()
+        # runtimes fold the kernel rebuild once at load, so "factored" costs the Conv per run
+        costs = {"factored": conv, "dense": conv}
+        if self.variant == "tt":
+            costs["chain"] = self.costs(batch, height, width)["factored"]
+        return costs
+
+    def export_as(self, form: str) -> nn.Module:
+        if form == "dense":
+            return self.to_dense()
+        if form not in self.export_forms():
+            raise ValueError(f"TTConv2d has no export form {form!r}")
+        self.forward_mode = "factored" if form == "chain" else "dense"
+        return self
+
+    def export_info(self) -> dict:
+        return {
+            "in_modes": list(self.in_modes),
+            "out_modes": list(self.out_modes),
+            "ranks": list(self.ranks),
+        }
+
+    def export_constants(self) -> tuple[int, int | None]:
+        rebuilt = self.dense_params() if self.forward_mode != "factored" else None
+        return max(c.numel() for c in self.cores), rebuilt
 
     def extra_repr(self) -> str:
         modes = (

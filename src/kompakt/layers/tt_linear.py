@@ -10,11 +10,12 @@ from torch import nn
 
 from kompakt.errors import ConfigError, ShapeError
 from kompakt.layers import tt
+from kompakt.layers.base import CompressedLayer
 from kompakt.layers.registry import LAYERS
 
 
 @LAYERS.register("tt-linear")
-class TTLinear(nn.Module):
+class TTLinear(CompressedLayer):
     """Linear layer y = W x + b with W stored as TT-matrix cores; W is never materialised.
 
     Args:
@@ -30,6 +31,8 @@ class TTLinear(nn.Module):
     Shapes:
         input (..., in_features) -> output (..., out_features).
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self,
@@ -178,6 +181,41 @@ class TTLinear(nn.Module):
             self.in_modes, self.out_modes, self.ranks, batch_size, self.direction
         )
         return macs + (batch_size * self.out_features if self.bias is not None else 0)
+
+    # -- the CompressedLayer contract ---------------------------------------------------------
+
+    def init_args(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "in_modes": list(self.in_modes),
+            "out_modes": list(self.out_modes),
+            "ranks": list(self.ranks[1:-1]),
+            "bias": self.bias is not None,
+        }
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        return self.flops(math.prod(input_shape[:-1]))
+
+    def export_forms(self) -> tuple[str, ...]:
+        return ("factored", "dense")
+
+    def export_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        rows = math.prod(input_shape[:-1])
+        return {
+            "factored": self.flops(rows),
+            "dense": rows * (self.dense_params() + self.out_features),
+        }
+
+    def export_info(self) -> dict:
+        return {
+            "in_modes": list(self.in_modes),
+            "out_modes": list(self.out_modes),
+            "ranks": list(self.ranks),
+        }
+
+    def export_constants(self) -> tuple[int, int | None]:
+        return max(c.numel() for c in self.cores), None
 
     def extra_repr(self) -> str:
         return (

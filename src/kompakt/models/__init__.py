@@ -17,6 +17,8 @@ from kompakt.models.surgery import (
     apply_layer_specs_,
     compress_,
     layer_specs,
+    parse_compression,
+    register_compression,
 )
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "load_checkpoint",
     "make_checkpoint",
     "model_from_checkpoint",
+    "parse_compression",
+    "register_compression",
     "save_checkpoint",
     "set_submodule",
 ]

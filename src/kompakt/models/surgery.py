@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kompakt.errors import ConfigError
-from kompakt.layers import LAYERS, MetaHead, TTConv2d, TTLinear
+from kompakt.layers import LAYERS, CompressedLayer, MetaHead, TTConv2d, TTLinear
 from kompakt.models.common import set_submodule
 
 
@@ -89,6 +89,57 @@ def _fits(modes: tuple[int, ...] | None, size: int) -> tuple[int, ...] | None:
     return tuple(modes) if modes is not None and math.prod(modes) == size else None
 
 
+# config type -> handler(module, config) -> (replacement, relative weight error) or None
+COMPRESSIONS: dict[type, Callable[[nn.Module, object], tuple[nn.Module, float] | None]] = {}
+COMPRESSION_NAMES: dict[str, type] = {}  # "tt" -> TTConfig, for `--compress tt:ranks=8`
+
+
+def register_compression(config_type: type, name: str) -> Callable:
+    """Register the handler that compresses one module for `config_type` (torchao-style):
+    `compress_(model, config_type(...))` then calls it on every selected layer, and
+    `--compress NAME:key=value,...` builds the config."""
+
+    def decorate(handler: Callable) -> Callable:
+        COMPRESSIONS[config_type] = handler
+        COMPRESSION_NAMES[name] = config_type
+        return handler
+
+    return decorate
+
+
+def parse_compression(text: str) -> object:
+    """'tt:ranks=8', 'tt:eps=0.1,ranks=16', 'meta:groups=4,meta_out=2' -> a config object.
+
+    Values become int, float or bool by their spelling; the config's own validation judges them.
+    """
+    kind, _, rest = text.partition(":")
+    if kind not in COMPRESSION_NAMES:
+        choices = ", ".join(f"'{n}:'" for n in sorted(COMPRESSION_NAMES))
+        raise ConfigError(f"--compress must start with one of {choices}, got {text!r}")
+    values: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--compress expects key=value pairs after 'kind:', got {item!r}")
+        values[key.strip()] = _parse_value(value.strip())
+    try:
+        return COMPRESSION_NAMES[kind](**values)
+    except TypeError as error:
+        raise ConfigError(f"--compress {text!r}: {error}") from None
+
+
+def _parse_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@register_compression(TTConfig, "tt")
 def _tt_replacement(module: nn.Module, config: TTConfig) -> tuple[nn.Module, float] | None:
     ranks = config.ranks if (config.ranks is not None or config.eps is not None) else 8
     if isinstance(module, nn.Linear):
@@ -118,6 +169,7 @@ def _rescale_cores_(layer: nn.Module, approx: torch.Tensor, dense: torch.Tensor)
             core.mul_(factor)
 
 
+@register_compression(MetaHeadConfig, "meta")
 def _meta_replacement(module: nn.Module, config: MetaHeadConfig) -> tuple[nn.Module, float] | None:
     if not isinstance(module, nn.Linear):
         return None
@@ -160,7 +212,7 @@ def default_filter(name: str, module: nn.Module) -> bool:
 
 def compress_(
     model: nn.Module,
-    config: TTConfig | MetaHeadConfig,
+    config: object,
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
 ) -> CompressionReport:
     """Replace, in place, the Linear / Conv2d layers `filter_fn` selects by compressed twins.
@@ -171,12 +223,13 @@ def compress_(
     Returns:
         a CompressionReport (per layer: old / new parameters, relative weight error).
     """
-    if not isinstance(config, TTConfig | MetaHeadConfig):
+    build = COMPRESSIONS.get(type(config))
+    if build is None:
+        names = ", ".join(t.__name__ for t in COMPRESSIONS)
         raise ConfigError(
-            f"config must be a TTConfig or MetaHeadConfig, got {type(config).__name__}"
+            f"config must be one of {names} (see register_compression), got {type(config).__name__}"
         )
     select = filter_fn or default_filter
-    build = _tt_replacement if isinstance(config, TTConfig) else _meta_replacement
     report = CompressionReport()
     targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
     for name, module in targets:
@@ -190,7 +243,7 @@ def compress_(
         set_submodule(model, name, new)
         report.layers.append({
             "name": name,
-            "kind": LAYERS_BY_TYPE[type(new)],
+            "kind": _layer_name(new) or type(new).__name__,
             "params_before": _params(module),
             "params_after": _params(new),
             "rel_error": error,
@@ -198,58 +251,35 @@ def compress_(
     return report
 
 
-LAYERS_BY_TYPE = {LAYERS.get(name): name for name in LAYERS.names()}
-
-
-def _init_args(module: nn.Module) -> dict:
-    if isinstance(module, TTLinear):
-        return {
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "in_modes": list(module.in_modes),
-            "out_modes": list(module.out_modes),
-            "ranks": list(module.ranks[1:-1]),
-            "bias": module.bias is not None,
-        }
-    if isinstance(module, TTConv2d):
-        args = {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": list(module.kernel_size),
-            "stride": list(module.stride),
-            "padding": list(module.padding),
-            "dilation": list(module.dilation),
-            "ranks": list(module.ranks[1:-1]),
-            "bias": module.bias is not None,
-            "variant": module.variant,
-            "forward_mode": module.forward_mode,
-        }
-        if module.variant == "tt":
-            args.update(in_modes=list(module.in_modes), out_modes=list(module.out_modes))
-        return args
-    if isinstance(module, MetaHead):
-        return {
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "groups": module.groups,
-            "meta_out": module.meta_out,
-            "dropout": module.dropout.p,
-            "bias": module.grouped.bias is not None,
-        }
-    raise ConfigError(f"no constructor record for {type(module).__name__}")
+def _layer_name(module: nn.Module) -> str | None:
+    """The LAYERS registry name of a compressed layer's class, or None."""
+    for name in LAYERS.names():
+        if type(module) is LAYERS.get(name):
+            return name
+    return None
 
 
 def layer_specs(model: nn.Module) -> list[dict]:
-    """Records of every TT / MetaHead layer in `model`: {"name", "type", "args"}.
+    """Records of every compressed layer in `model`: {"name", "type", "args"}.
 
-    Layers the model's own builder creates are recorded too; rebuilding applies them over the
-    fresh model, which is a no-op for those.
+    Only the outermost ones (a MetaHead rebuilds its own GroupedLinear and Meta). Layers the
+    model's own builder creates are recorded too; rebuilding applies them over the fresh model,
+    which is a no-op for those.
     """
-    return [
-        {"name": name, "type": LAYERS_BY_TYPE[type(module)], "args": _init_args(module)}
-        for name, module in model.named_modules()
-        if name and isinstance(module, TTLinear | TTConv2d | MetaHead)
-    ]
+    specs: list[dict] = []
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, CompressedLayer):
+            continue
+        if any(name.startswith(s["name"] + ".") for s in specs):
+            continue
+        kind = _layer_name(module)
+        if kind is None:
+            raise ConfigError(
+                f"{name}: {type(module).__name__} is a CompressedLayer but not registered in "
+                "kompakt.layers.LAYERS; register it so checkpoints can rebuild it"
+            )
+        specs.append({"name": name, "type": kind, "args": module.init_args()})
+    return specs
 
 
 def apply_layer_specs_(model: nn.Module, specs: list[dict]) -> nn.Module:

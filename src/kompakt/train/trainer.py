@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from kompakt.data import DataSplits, load_dataset
 from kompakt.errors import ConfigError, KompaktError
-from kompakt.models import MetaHeadConfig, TTConfig, build_model, compress_, layer_specs
+from kompakt.models import build_model, compress_, layer_specs, parse_compression
 from kompakt.models.checkpoint import (
     load_checkpoint,
     make_checkpoint,
@@ -66,23 +66,9 @@ class TrainConfig:
     prune_target: float = 0.6  # overall filter sparsity to reach
 
 
-def parse_compress(text: str) -> TTConfig | MetaHeadConfig:
-    """'tt:ranks=8', 'tt:eps=0.1,ranks=16', 'meta:groups=4,meta_out=2' -> a config object."""
-    kind, _, rest = text.partition(":")
-    values: dict[str, object] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--compress expects key=value pairs after 'kind:', got {item!r}")
-        values[key.strip()] = float(value) if key.strip() in ("eps", "dropout") else int(value)
-    try:
-        if kind == "tt":
-            return TTConfig(**values)
-        if kind == "meta":
-            return MetaHeadConfig(**values)
-    except TypeError as error:
-        raise ConfigError(f"--compress {text!r}: {error}") from None
-    raise ConfigError(f"--compress must start with 'tt:' or 'meta:', got {text!r}")
+def parse_compress(text: str) -> object:
+    """'tt:ranks=8' -> TTConfig(ranks=8): see `kompakt.models.parse_compression`."""
+    return parse_compression(text)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

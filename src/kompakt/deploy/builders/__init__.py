@@ -11,111 +11,33 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from kompakt.errors import ConfigError
-from kompakt.registry import Registry
-
-BACKENDS: Registry = Registry("backend")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend can do, declared once where it is defined.
-
-    Args:
-        precisions: the precisions it builds.
-        device: "cpu" or "gpu" (INT8 on "cpu" runs integer kernels whose exactness depends on
-            the CPU's instructions; see kompakt.runtime.cpu).
-        fp16_graph: fp16 needs an FP16 ONNX graph (TensorRT's strong typing); otherwise the
-            backend stores half weights itself from the fp32 graph.
-    """
-
-    precisions: tuple[str, ...] = ("fp32",)
-    device: str = "cpu"
-    fp16_graph: bool = False
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Backend options shared by `kompakt deploy` and `build_bundle`."""
-
-    threads: int | None = None
-    opt_level: str = "basic"  # onnxruntime: basic (portable artefact) | all (this machine only)
-    ort_format: bool = False
-    min_batch: int = 1
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    device_id: int = 0
-    workspace_mib: int = 2048
-    builder_optimization_level: int = 3
-    rebuild_if_stale: bool = False
-
-
-@dataclass
-class Artefact:
-    """What a backend built: the file the runtime loads, extra files, options for the runner."""
-
-    path: str  # relative to the bundle
-    extra: list[str] = field(default_factory=list)
-    backend_options: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-
-class Backend(ABC):
-    """A deploy builder: `build` writes the artefact, `unavailable_reason` says why it cannot."""
-
-    name = ""
-    capabilities = Capabilities()
-    needs = ""  # what to install, for the unavailable message
-
-    @property
-    def precisions(self) -> tuple[str, ...]:
-        return self.capabilities.precisions
-
-    def unavailable_reason(self) -> str | None:
-        return None
-
-    @abstractmethod
-    def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
-        """Build the artefact for `model` (already in `precision`) inside `bundle`."""
-
-
-def profile_batches(options: BuildOptions) -> tuple[int, int, int]:
-    """(min, opt, max) batch for optimisation profiles, validated."""
-    low = options.min_batch
-    high = options.max_batch or max(low, 32)
-    opt = options.opt_batch or min(max(low, 8), high)
-    if not 1 <= low <= opt <= high:
-        raise ConfigError(
-            f"batch profile must satisfy 1 <= min ({low}) <= opt ({opt}) <= max ({high})"
-        )
-    return low, opt, high
-
-
-def list_backends() -> list[dict]:
-    """Every registered backend with its precisions and, if unavailable, why and the fix."""
-    rows = []
-    for name in BACKENDS.names():
-        backend = BACKENDS.get(name)()
-        reason = backend.unavailable_reason()
-        rows.append(
-            {
-                "name": name,
-                "precisions": list(backend.precisions),
-                "available": reason is None,
-                "reason": reason,
-            }
-        )
-    return rows
+from kompakt.deploy.builders.base import (
+    BACKENDS,
+    Artefact,
+    Backend,
+    BuildOptions,
+    Capabilities,
+    list_backends,
+    profile_batches,
+)
 
 
 def load_builtin_builders() -> None:
     """Import every builder module of this package (each registers itself)."""
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 load_builtin_builders()
+
+__all__ = [
+    "BACKENDS",
+    "Artefact",
+    "Backend",
+    "BuildOptions",
+    "Capabilities",
+    "list_backends",
+    "profile_batches",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kompakt.deploy.builders import (
+from kompakt.deploy.builders.base import (
     BACKENDS,
     Artefact,
     Backend,

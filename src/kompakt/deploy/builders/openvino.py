@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from kompakt.deploy.builders import BACKENDS, Artefact, Backend, BuildOptions, Capabilities
+from kompakt.deploy.builders.base import BACKENDS, Artefact, Backend, BuildOptions, Capabilities
 
 
 @BACKENDS.register("openvino", help="OpenVINO IR on the CPU device")

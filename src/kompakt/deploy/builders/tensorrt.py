@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kompakt.deploy.builders import (
+from kompakt.deploy.builders.base import (
     BACKENDS,
     Artefact,
     Backend,

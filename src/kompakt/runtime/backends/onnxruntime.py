@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from kompakt.errors import BackendUnavailable
-from kompakt.runtime.backends import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, require
 from kompakt.runtime.manifest import BundleError, confined
 
 # TensorRT EP options a bundle may set. Anything else (notably the options that load a shared

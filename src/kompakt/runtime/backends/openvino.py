@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kompakt.runtime.backends import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, require
 
 
 @RUNNERS.register("openvino", help="OpenVINO IR on the CPU device")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kompakt.errors import KompaktError, ShapeError
-from kompakt.runtime.backends import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, require
 
 
 def cudart():
