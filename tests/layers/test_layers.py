@@ -41,11 +41,29 @@ def test_every_registered_layer_has_an_example():
 
 
 def dense_twin(layer):
-    if isinstance(layer, Meta):  # Meta is a plain matmul over the group axis
-        twin = nn.Linear(layer.n_in, layer.n_out, bias=False, dtype=layer.weight.dtype)
-        twin.weight.data.copy_(layer.weight.t())
-        return twin
     return layer.to_dense()
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_layer_keeps_the_compressed_layer_contract(name):
+    """init_args rebuilds the same layer (weights load strictly, outputs equal), the dense twin
+    is the declared type, and sizes and costs are positive whole numbers."""
+    from kompakt.layers import CompressedLayer
+
+    factory, shape = EXAMPLES[name]
+    torch.manual_seed(0)
+    layer = factory(torch.float64).eval()
+    assert isinstance(layer, CompressedLayer) and LAYERS.get(name) is type(layer)
+    rebuilt = type(layer)(**layer.init_args()).double().eval()
+    rebuilt.load_state_dict(layer.state_dict())  # strict: the same parameters and shapes
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(rebuilt(x), layer(x), rtol=0, atol=0)
+    assert type(layer.to_dense()) is layer.dense_type
+    macs, dense = layer.macs(tuple(shape)), layer.dense_params()
+    assert isinstance(macs, int) and macs > 0 and isinstance(dense, int) and dense > 0
+    assert layer.compression_ratio() > 0
+    forms = layer.export_forms()
+    assert forms and set(layer.export_costs(tuple(shape))) <= set(forms)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -22,6 +22,8 @@ class Meta(CompressedLayer):
     Parameters: n_in * n_out, no bias.
     """
 
+    dense_type = nn.Linear
+
     def __init__(
         self,
         n_in: int,
@@ -38,6 +40,15 @@ class Meta(CompressedLayer):
 
     def init_args(self) -> dict:
         return {"n_in": self.n_in, "n_out": self.n_out}
+
+    def to_dense(self) -> nn.Linear:
+        """The same map as an `nn.Linear` over the group axis (no bias)."""
+        linear = nn.Linear(
+            self.n_in, self.n_out, bias=False, device=self.weight.device, dtype=self.weight.dtype
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.t())
+        return linear
 
     def dense_params(self) -> int:
         return self.n_in * self.n_out

@@ -25,6 +25,7 @@ from kompakt.machine import describe_machine
 from kompakt.runtime import load
 from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
+from kompakt.runtime_bench.metrics import METRICS, BundleResult, measure_all, measured
 
 CV_WARNING = 0.10
 
@@ -163,21 +164,24 @@ def run(
         artefact_bytes, total_bytes = _bundle_bytes(path, manifest)
         record = per_bundle[i]
         latency = {str(b): latency_stats(samples[(i, b)], b) for b in batches if (i, b) in samples}
-        entry = {
-            "name": names[i], "path": str(path), "backend": manifest["backend"],
-            "precision": manifest["precision"], "artefact_bytes": artefact_bytes,
-            "bundle_bytes": total_bytes, "latency": latency,
-            "create_s": float(np.mean(record["create_s"])) if record["create_s"] else None,
-            "first_inference_s": float(np.mean(record["first_s"])) if record["first_s"] else None,
-            "peak_rss_mib": max(record["peak"]) / 1024 if record["peak"] else None,
-            "baseline_rss_mib": min(record["baseline"]) / 1024 if record["baseline"] else None,
-            "accuracy": None, "parity": None, "warnings": [],
-        }  # fmt: skip
-        if entry["peak_rss_mib"] is not None:
-            entry["rss_delta_mib"] = entry["peak_rss_mib"] - entry["baseline_rss_mib"]
+        entry = BundleResult(
+            name=names[i],
+            path=str(path),
+            backend=manifest["backend"],
+            precision=manifest["precision"],
+            artefact_bytes=artefact_bytes,
+            bundle_bytes=total_bytes,
+            latency=latency,
+            create_s=float(np.mean(record["create_s"])) if record["create_s"] else None,
+            first_inference_s=float(np.mean(record["first_s"])) if record["first_s"] else None,
+            peak_rss_mib=max(record["peak"]) / 1024 if record["peak"] else None,
+            baseline_rss_mib=min(record["baseline"]) / 1024 if record["baseline"] else None,
+        )
+        if entry.peak_rss_mib is not None:
+            entry.rss_delta_mib = entry.peak_rss_mib - entry.baseline_rss_mib
         for batch, stats in latency.items():
             if stats["cv"] > CV_WARNING:
-                entry["warnings"].append(
+                entry.warnings.append(
                     f"batch {batch}: coefficient of variation {stats['cv']:.0%} > "
                     f"{CV_WARNING:.0%} (noisy machine?)"
                 )
@@ -186,11 +190,12 @@ def run(
                 x = _inputs(engine, x_eval) if x_eval is not None else None
                 if x is not None:
                     measured = _accuracy(engine, x, y_eval, info.task)
-                    entry["accuracy"] = {"dataset": data, "split": split, **measured}
+                    entry.accuracy = {"dataset": data, "split": split, **measured}
                 if ckpt:
                     x = x[:256] if x is not None else _random_input(engine)
-                    entry["parity"] = _parity(engine, ckpt, x)
-        results.append(entry)
+                    entry.parity = _parity(engine, ckpt, x)
+        entry.metrics = measure_all(entry)
+        results.append(entry.to_dict())
     _add_ratios(results)
     out = {
         "schema": "kompakt-bench/1",
@@ -228,21 +233,34 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def _add_ratios(results: list[dict]) -> None:
-    """Each bundle vs the first (the baseline): >1 means better (faster, smaller, leaner)."""
+    """Each bundle vs the first (the baseline), per batch's p50 and per metric: > 1 means better
+    (faster, smaller, leaner, more accurate)."""
     base = results[0]
     for entry in results:
-        ratios = {"artefact_size": base["artefact_bytes"] / max(entry["artefact_bytes"], 1)}
+        ratios: dict[str, float] = {}
         for batch, stats in entry["latency"].items():
             if batch in base["latency"]:
                 ratios[f"p50_speedup_b{batch}"] = base["latency"][batch]["p50_ms"] / stats["p50_ms"]
-        if entry.get("peak_rss_mib") and base.get("peak_rss_mib"):
-            ratios["peak_rss"] = base["peak_rss_mib"] / entry["peak_rss_mib"]
+        for metric in measured(results):
+            was, now = base["metrics"].get(metric.name), entry["metrics"].get(metric.name)
+            if was is not None and now is not None:
+                ratio = metric.ratio(was, now)
+                if ratio is not None:
+                    ratios[metric.name] = ratio
+        if "artefact_kib" in ratios:
+            ratios["artefact_size"] = ratios["artefact_kib"]  # the older name
+        if "peak_rss_mib" in ratios:
+            ratios["peak_rss"] = ratios["peak_rss_mib"]
         entry["vs_baseline"] = {k: round(v, 3) for k, v in ratios.items()}
 
 
 def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: float = 0.5) -> list:
-    """Regressions of `new` vs `old` (bundles matched by name): slower p50 latency or higher
-    peak RSS by more than `threshold`, accuracy lower by more than `accuracy_points`."""
+    """Regressions of `new` vs `old` (bundles matched by name): p50 latency slower by more than
+    `threshold` at any batch, and every metric that got worse by more than its table threshold
+    (`threshold` for relative metrics, `accuracy_points` for top-1)."""
+    for label, results in (("old", old), ("new", new)):
+        if not isinstance(results, dict) or not isinstance(results.get("bundles"), list):
+            raise ConfigError(f"the {label} results are not kompakt bench results (no bundles)")
     regressions = []
     before = {b["name"]: b for b in old["bundles"]}
     for entry in new["bundles"]:
@@ -255,13 +273,27 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
                 if now > was * (1 + threshold):
                     regressions.append(f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
                                        f"{now:.3f} ms (+{now / was - 1:.0%})")  # fmt: skip
-        if ref.get("peak_rss_mib") and entry.get("peak_rss_mib"):
-            was, now = ref["peak_rss_mib"], entry["peak_rss_mib"]
-            if now > was * (1 + threshold):
-                regressions.append(f"{entry['name']}: peak RSS {was:.1f} -> {now:.1f} MiB")
-        acc_old, acc_new = (ref.get("accuracy") or {}), (entry.get("accuracy") or {})
-        if "top1" in acc_old and "top1" in acc_new:
-            drop = 100 * (acc_old["top1"] - acc_new["top1"])
-            if drop > accuracy_points:
-                regressions.append(f"{entry['name']}: top-1 down {drop:.2f} points")
+        was_metrics = ref.get("metrics") or _legacy_metrics(ref)
+        now_metrics = entry.get("metrics") or _legacy_metrics(entry)
+        for name in METRICS.names():
+            metric = METRICS.get(name)
+            was, now = was_metrics.get(name), now_metrics.get(name)
+            if metric.regression is None or was is None or now is None:
+                continue
+            limit = metric.regression
+            if name == "top1":
+                limit = accuracy_points
+            elif not metric.absolute and metric.regression == 0.10:
+                limit = threshold
+            if metric.worse_by(was, now) > limit:
+                unit = f" {metric.unit}" if metric.unit else ""
+                regressions.append(
+                    f"{entry['name']}: {metric.label} {metric.format(was)} -> "
+                    f"{metric.format(now)}{unit} (worse than the {limit:g} limit)"
+                )
     return regressions
+
+
+def _legacy_metrics(entry: dict) -> dict:
+    """Metrics of a results file written before the metrics table existed."""
+    return measure_all(BundleResult.from_dict(entry))

@@ -6,6 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+from kompakt._io import atomic_write_text
+from kompakt.runtime_bench.metrics import measured
+
 
 def _rows(results: dict) -> list[dict]:
     rows = []
@@ -20,6 +23,7 @@ def _rows(results: dict) -> list[dict]:
                 "runs": stats["runs"], "artefact_kib": b["artefact_bytes"] / 1024,
                 "peak_rss_mib": b.get("peak_rss_mib"), "top1": accuracy.get("top1"),
                 "speedup_vs_first": b["vs_baseline"].get(f"p50_speedup_b{batch}"),
+                **{f"metric_{k}": v for k, v in (b.get("metrics") or {}).items()},
             })  # fmt: skip
     return rows
 
@@ -43,19 +47,23 @@ def render_markdown(results: dict) -> str:
         "",
         f"Settings: {results['settings']}. " + (results.get("gpu_note") or ""),
         "",
-        "| bundle | backend | precision | artefact KiB | peak RSS MiB | create s | first run ms "
-        "| top-1 | parity vs PyTorch (max rel) |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    metrics = measured(results["bundles"])
+    heads = [f"{m.label} {m.unit}".strip() for m in metrics]
+    lines.append("| bundle | backend | precision | " + " | ".join(heads) + " |")
+    lines.append("|---|---|---|" + "---|" * len(metrics))
     for b in results["bundles"]:
-        acc = (b.get("accuracy") or {}).get("top1")
-        parity = (b.get("parity") or {}).get("max_rel")
-        first = b["first_inference_s"] * 1e3 if b["first_inference_s"] is not None else None
-        lines.append(
-            f"| {b['name']} | {b['backend']} | {b['precision']} | {b['artefact_bytes'] / 1024:.1f} "
-            f"| {_fmt(b.get('peak_rss_mib'), 1)} | {_fmt(b['create_s'])} | {_fmt(first)} "
-            f"| {_fmt(acc, 4)} | {_fmt(parity, 2) if parity is None else f'{parity:.2e}'} |"
-        )
+        values = b.get("metrics") or {}
+        cells = [m.format(values.get(m.name)) for m in metrics]
+        lines.append(f"| {b['name']} | {b['backend']} | {b['precision']} | " + " | ".join(cells)
+                     + " |")  # fmt: skip
+    for b in results["bundles"]:
+        golden = b.get("golden")
+        if golden:
+            verdict = "ok" if golden.get("ok") else "DRIFT"
+            lines.append(f"\nGolden samples of {b['name']}: {verdict} (max rel "
+                         f"{golden.get('max_rel', float('nan')):.2e}, top-1 agreement "
+                         f"{golden.get('top1_agreement', float('nan')):.4f})")  # fmt: skip
     lines += ["", "## Latency (ms) and throughput; ratios vs the first bundle", "",
               "| bundle | batch | p50 | p90 | p99 | mean ± std | samples/s | p50 speedup |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -130,9 +138,7 @@ def plot(results: dict, folder: Path) -> list[str]:
 def write_report(results: dict, folder: Path) -> None:
     """results.json (atomically), report.md, results.csv and the plots under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(folder / "results.json")
-    (folder / "report.md").write_text(render_markdown(results))
+    atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(folder / "report.md", render_markdown(results))
     write_csv(results, folder / "results.csv")
     plot(results, folder)
