@@ -36,22 +36,40 @@ def main(argv: list[str] | None = None) -> int:
         ("lenet5", dict(model="lenet5")),
         ("garipov-conv-fc (dense)", dict(model="garipov-conv-fc")),
         ("garipov-tt-conv-tt-fc (scratch)", dict(model="garipov-tt-conv-tt-fc")),
-        ("garipov-conv-fc + compress_ tt:ranks=8 + finetune",
-         dict(init_from=str(work / "garipov-conv-fc" / "best.pt"), compress="tt:ranks=8",
-              epochs=args.finetune_epochs, lr=0.01)),
-    ]  # fmt: skip
+        (
+            "garipov-conv-fc + compress_ tt:ranks=8 + finetune",
+            dict(
+                init_from=str(work / "garipov-conv-fc" / "best.pt"),
+                compress="tt:ranks=8",
+                epochs=args.finetune_epochs,
+                lr=0.01,
+            ),
+        ),
+    ]
     rows = []
     for label, overrides in runs:
         key = overrides.get("model", "compressed")
-        settings = {"data": "mnist5k", "epochs": args.epochs, "out": str(work / key),
-                    "batch_size": 64, "seed": 0, **overrides}  # fmt: skip
+        settings = {
+            "data": "mnist5k",
+            "epochs": args.epochs,
+            "out": str(work / key),
+            "batch_size": 64,
+            "seed": 0,
+            **overrides,
+        }
         config = TrainConfig(**settings)
         print(f"== {label}", file=sys.stderr)
         start = time.perf_counter()
         result = fit(config)
-        rows.append({"model": label, "epochs": config.epochs, "params": result["params"],
-                     "test_accuracy": round(result["test"]["accuracy"], 4),
-                     "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+        rows.append(
+            {
+                "model": label,
+                "epochs": config.epochs,
+                "params": result["params"],
+                "test_accuracy": round(result["test"]["accuracy"], 4),
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+        )
     dense = rows[1]["params"]
     for row in rows:
         row["compression_vs_conv_fc"] = round(dense / row["params"], 2)
@@ -66,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'model':<52} {'ep':>3} {'params':>10} {'compr':>7} {'test acc':>8} {'Δpt':>6} {'s':>6}"
     )
     for r in rows:
-        print(f"{r['model']:<52} {r['epochs']:>3} {r['params']:>10,} "
-              f"{r['compression_vs_conv_fc']:>6.1f}x {r['test_accuracy']:>8.4f} "
-              f"{r['points_vs_conv_fc']:>6.2f} {r['wall_s']:>6.0f}")  # fmt: skip
+        print(
+            f"{r['model']:<52} {r['epochs']:>3} {r['params']:>10,} "
+            f"{r['compression_vs_conv_fc']:>6.1f}x {r['test_accuracy']:>8.4f} "
+            f"{r['points_vs_conv_fc']:>6.2f} {r['wall_s']:>6.0f}"
+        )
     return 0
 
 

@@ -82,15 +82,25 @@ def test_a_planted_circle_is_found(monkeypatch):
 
 # (importer prefix, forbidden prefixes): the arrows the design does not allow
 FORBIDDEN = [
-    ("kompakt.runtime", ("kompakt.deploy", "kompakt.train", "kompakt.export", "kompakt.models",
-                         "kompakt.layers", "kompakt.data", "kompakt.runtime_bench.bench")),
+    (
+        "kompakt.runtime",
+        (
+            "kompakt.deploy",
+            "kompakt.train",
+            "kompakt.export",
+            "kompakt.models",
+            "kompakt.layers",
+            "kompakt.data",
+            "kompakt.runtime_bench.bench",
+        ),
+    ),
     ("kompakt.export", ("kompakt.train", "kompakt.deploy", "kompakt.runtime_bench")),
     ("kompakt.deploy", ("kompakt.train", "kompakt.export", "kompakt.runtime_bench")),
     ("kompakt.runtime_bench", ("kompakt.train", "kompakt.export", "kompakt.deploy")),
     ("kompakt.layers", ("kompakt.models", "kompakt.train", "kompakt.export", "kompakt.deploy")),
     ("kompakt.models", ("kompakt.train", "kompakt.search", "kompakt.export", "kompakt.deploy")),
     ("kompakt.data", ("kompakt.models", "kompakt.train", "kompakt.export", "kompakt.deploy")),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("importer, forbidden", FORBIDDEN)
@@ -116,8 +126,9 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     names = [n for n in MODULES if not n.endswith("__main__")]
 
     def load(name: str) -> tuple[str, str]:
-        proc = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True,
-                              text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], capture_output=True, text=True
+        )
         return name, proc.stderr.strip().splitlines()[-1] if proc.returncode else ""
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -1,10 +1,9 @@
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
+from clirun import kompakt
 from kompakt import __version__
 from kompakt.cli import cli
 from kompakt.layers import LAYERS
@@ -58,11 +57,7 @@ def test_tt_plan_reports_novikov_numbers():
 
 def test_library_errors_are_one_line_and_exit_1():
     # run the real console entry point so stderr and the exit code are what a user sees
-    proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "tt-plan", "25088", "4096", "--in-modes", "2,7,8"],
-        capture_output=True,
-        text=True,
-    )
+    proc = kompakt("tt-plan", "25088", "4096", "--in-modes", "2,7,8")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "multiply to 112, expected 25088" in lines[0]
@@ -70,9 +65,5 @@ def test_library_errors_are_one_line_and_exit_1():
 
 
 def test_debug_shows_the_traceback():
-    proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "--debug", "tt-plan", "10", "10", "--ranks", "0"],
-        capture_output=True,
-        text=True,
-    )
+    proc = kompakt("--debug", "tt-plan", "10", "10", "--ranks", "0")
     assert proc.returncode != 0 and "Traceback" in proc.stderr

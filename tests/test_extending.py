@@ -60,14 +60,23 @@ def test_a_plugin_backend_and_metric_go_through_deploy_runtime_bench_and_report(
     model = _model()
     x = torch.randn(4, 1, 8, 8)
     export_onnx(model, tmp_path / "m.onnx", example_input=x)
-    manifest = build_bundle(tmp_path / "m.onnx", tmp_path / "b",
-                            DeployConfig(backend="toy-reference"))  # fmt: skip
+    manifest = build_bundle(
+        tmp_path / "m.onnx", tmp_path / "b", DeployConfig(backend="toy-reference")
+    )
     assert manifest["artifact"] == "model.reference.onnx"
     assert manifest["parity"]["vs_source_onnx"]["max_rel"] < 1e-5
     with load(tmp_path / "b") as engine:
         np.testing.assert_allclose(engine.run(x.numpy()), model(x).detach().numpy(), atol=1e-5)
-    results = run([tmp_path / "b"], (1, 2), warmup_s=0.01, min_runs=3, duration_s=0.05,
-                  rounds=1, report=tmp_path / "report", quiet=True)  # fmt: skip
+    results = run(
+        [tmp_path / "b"],
+        (1, 2),
+        warmup_s=0.01,
+        min_runs=3,
+        duration_s=0.05,
+        rounds=1,
+        report=tmp_path / "report",
+        quiet=True,
+    )
     entry = results["bundles"][0]
     assert entry["backend"] == "toy-reference" and entry["latency"]["2"]["runs"] >= 1
     overhead = entry["metrics"]["toy_overhead_kib"]

@@ -31,14 +31,16 @@ def test_inspect_onnx_graph(tmp_path):
     m = numpy_helper.from_array(np.ones((64, 5), np.float32), "m")
     shape = numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-         helper.make_node("Reshape", ["c", "shape"], ["r"], name="flat"),
-         helper.make_node("MatMul", ["r", "m"], ["logits"], name="fc")],
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("Reshape", ["c", "shape"], ["r"], name="flat"),
+            helper.make_node("MatMul", ["r", "m"], ["logits"], name="fc"),
+        ],
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 4, 4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
         [w, m, shape],
-    )  # fmt: skip
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), path)
     report = inspect_onnx(str(path))

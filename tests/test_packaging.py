@@ -3,19 +3,21 @@
 from fnmatch import fnmatch
 from pathlib import Path
 
-import tomllib
-
+from kompakt._io import parse_toml
 from kompakt.pipeline import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_data_file_in_the_package_is_declared_as_package_data():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    config = parse_toml((ROOT / "pyproject.toml").read_text(), "pyproject.toml")
     patterns = config["tool"]["setuptools"]["package-data"]["kompakt"]
     package = ROOT / "src" / "kompakt"
-    data_files = [p.relative_to(package).as_posix() for p in package.rglob("*")
-                  if p.is_file() and p.suffix not in (".py", ".pyc")]  # fmt: skip
+    data_files = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    ]
     missing = [f for f in data_files if not any(fnmatch(f, pat) for pat in patterns)]
     assert data_files and not missing
 

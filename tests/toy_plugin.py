@@ -57,8 +57,12 @@ class LowRankLinear(CompressedLayer):
         return linear
 
     def init_args(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "rank": self.rank, "bias": self.bias is not None}  # fmt: skip
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "bias": self.bias is not None,
+        }
 
     def dense_params(self) -> int:
         return self.in_features * self.out_features

@@ -182,16 +182,22 @@ def _print_registry(registry, as_json: bool) -> None:
 @click.option("--lr", type=float, default=None, help="Default 0.05 (sgd) / 1e-3 (adam).")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "step", "none"]), default="cosine",
-              show_default=True)  # fmt: skip
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "step", "none"]), default="cosine", show_default=True
+)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Default: on for 32x32 RGB.")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--nproc", default=1, show_default=True, type=int, help="DDP processes.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Extra model builder argument (repeatable), e.g. width=0.25.")  # fmt: skip
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra model builder argument (repeatable), e.g. width=0.25.",
+)
 @click.option(
     "--prune",
     type=click.Choice(["relevance"]),
@@ -229,8 +235,10 @@ def train_command(ctx: click.Context, **_: object) -> None:
         click.echo(json.dumps(result, indent=2))
     else:
         test = ", ".join(f"{k}={v:.4f}" for k, v in result.get("test", {}).items())
-        click.echo(f"done: {result.get('params')} parameters; test {test}; checkpoints in "
-                   f"{result.get('out')}")  # fmt: skip
+        click.echo(
+            f"done: {result.get('params')} parameters; test {test}; checkpoints in "
+            f"{result.get('out')}"
+        )
 
 
 @cli.command("prune")
@@ -243,8 +251,17 @@ def train_command(ctx: click.Context, **_: object) -> None:
 @click.option("--out", required=True, help="Output directory.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr: float,
-                  data_root: str | None, out: str, quiet: bool, as_json: bool) -> None:  # fmt: skip
+def prune_command(
+    ckpt: str,
+    method: str,
+    ratio: float,
+    finetune_epochs: int,
+    lr: float,
+    data_root: str | None,
+    out: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Prune conv filters of a trained checkpoint (physically removed), then fine-tune."""
     from kompakt.train.prune import prune_checkpoint
 
@@ -252,8 +269,10 @@ def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"pruned ({method}, {ratio:.0%} of filters): {result.get('params')} "
-                   f"parameters; checkpoint {result.get('best')}")  # fmt: skip
+        click.echo(
+            f"pruned ({method}, {ratio:.0%} of filters): {result.get('params')} "
+            f"parameters; checkpoint {result.get('best')}"
+        )
 
 
 @cli.command("search")
@@ -267,8 +286,9 @@ def prune_command(ckpt: str, method: str, ratio: float, finetune_epochs: int, lr
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--lr", default=0.01, show_default=True, type=float)
 @click.option("--arch-lr", default=3e-3, show_default=True, type=float)
-@click.option("--prior", type=click.Choice(["dirichlet", "none"]), default="dirichlet",
-              show_default=True)  # fmt: skip
+@click.option(
+    "--prior", type=click.Choice(["dirichlet", "none"]), default="dirichlet", show_default=True
+)
 @click.option("--prior-weight", default=0.01, show_default=True, type=float)
 @click.option("--alpha", default=0.5, show_default=True, type=float)
 @click.option("--size-penalty", default=0.0, show_default=True, type=float)
@@ -312,10 +332,15 @@ def inspect_command(path: str, as_json: bool) -> None:
 @click.option("--opset", default=20, show_default=True, type=click.IntRange(17, 23))
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed N.")
 @click.option("--max-batch", default=256, show_default=True, type=int)
-@click.option("--tt-mode", type=click.Choice(["auto", "factored", "dense"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--simplify", type=click.Choice(["onnxslim", "onnxsim", "none"]),
-              default="onnxslim", show_default=True)  # fmt: skip
+@click.option(
+    "--tt-mode", type=click.Choice(["auto", "factored", "dense"]), default="auto", show_default=True
+)
+@click.option(
+    "--simplify",
+    type=click.Choice(["onnxslim", "onnxsim", "none"]),
+    default="onnxslim",
+    show_default=True,
+)
 @click.option("--fc-to-conv", is_flag=True, help="Head as convolutions (any image size).")
 @click.option("--check/--no-check", default=True, show_default=True)
 @click.option("--rtol", default=1e-4, show_default=True, type=float)
@@ -357,15 +382,19 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 @cli.command("deploy")
 @click.argument("model", type=click.Path(), required=False)
 @click.option("-o", "--output", "output", help="The bundle directory to write.")
-@click.option("--backend", default="onnxruntime", show_default=True,
-              help="See --list-backends.")  # fmt: skip
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-              show_default=True)  # fmt: skip
+@click.option("--backend", default="onnxruntime", show_default=True, help="See --list-backends.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
 @click.option("--calib-data", default=None, help="Dataset for INT8 calibration (train split).")
 @click.option("--data-root", default=None, help="Directory for file-based datasets.")
 @click.option("--calib-samples", default=256, show_default=True, type=int)
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default="minmax", show_default=True)  # fmt: skip
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+)
 @click.option(
     "--int8-scheme",
     type=click.Choice(["portable", "full-range"]),
@@ -382,8 +411,13 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 )
 @click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
 @click.option("--threads", type=int, default=None)
-@click.option("--opt-level", type=click.Choice(["basic", "all"]), default="basic",
-              show_default=True, help="onnxruntime: basic = portable artefact.")  # fmt: skip
+@click.option(
+    "--opt-level",
+    type=click.Choice(["basic", "all"]),
+    default="basic",
+    show_default=True,
+    help="onnxruntime: basic = portable artefact.",
+)
 @click.option("--ort-format", is_flag=True, help="onnxruntime: save the .ort format.")
 @click.option("--min-batch", default=1, show_default=True, type=int)
 @click.option("--opt-batch", default=None, type=int)
@@ -414,11 +448,15 @@ def deploy_command(model: str | None, output: str | None, **opts: object) -> Non
         click.echo(json.dumps(manifest, indent=2))
         return
     parity = manifest["parity"].get("vs_source_onnx", {})
-    click.echo(f"{output}: {manifest['backend']} {manifest['precision']}, artefact "
-               f"{manifest['artifact']}, built in {manifest['build_seconds']} s")  # fmt: skip
+    click.echo(
+        f"{output}: {manifest['backend']} {manifest['precision']}, artefact "
+        f"{manifest['artifact']}, built in {manifest['build_seconds']} s"
+    )
     if parity:
-        click.echo(f"parity vs source ONNX: max abs {parity['max_abs']:.3g}, top-1 agreement "
-                   f"{parity['top1_agreement']:.4f}")  # fmt: skip
+        click.echo(
+            f"parity vs source ONNX: max abs {parity['max_abs']:.3g}, top-1 agreement "
+            f"{parity['top1_agreement']:.4f}"
+        )
     if manifest.get("accuracy"):
         acc = manifest["accuracy"]
         click.echo(f"val accuracy: source {acc['fp32_source']}, bundle {acc['bundle']}")
@@ -449,9 +487,16 @@ def predict_command(
             except OSError as error:
                 raise ConfigError(f"cannot read image {path}: {error}") from None
         predictions = engine.predict(arrays, top_k=top_k)
-    rows = [{"image": path, "label": p.label, "index": p.index, "score": p.score,
-             "top_k": [{"label": n, "score": s} for n, s in p.top_k]}
-            for path, p in zip(images, predictions, strict=True)]  # fmt: skip
+    rows = [
+        {
+            "image": path,
+            "label": p.label,
+            "index": p.index,
+            "score": p.score,
+            "top_k": [{"label": n, "score": s} for n, s in p.top_k],
+        }
+        for path, p in zip(images, predictions, strict=True)
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -473,13 +518,24 @@ def predict_command(
 @click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
 @click.option("--rounds", default=2, show_default=True, type=int)
 @click.option("--report", default=None, help="Directory for results.json, report.md, CSV, PNGs.")
-@click.option("--compare", nargs=2, type=click.Path(), default=None,
-              help="OLD.json NEW.json: print regressions, exit 1 if any.")  # fmt: skip
+@click.option(
+    "--compare",
+    nargs=2,
+    type=click.Path(),
+    default=None,
+    help="OLD.json NEW.json: print regressions, exit 1 if any.",
+)
 @click.option("--threshold", default=0.10, show_default=True, type=float)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def bench_command(bundles: tuple[str, ...], batches: str, compare: tuple[str, str] | None,
-                  threshold: float, as_json: bool, **opts: object) -> None:  # fmt: skip
+def bench_command(
+    bundles: tuple[str, ...],
+    batches: str,
+    compare: tuple[str, str] | None,
+    threshold: float,
+    as_json: bool,
+    **opts: object,
+) -> None:
     """Measure bundles side by side: latency, memory, size, accuracy, parity."""
     from kompakt.runtime_bench.bench import compare as compare_results
     from kompakt.runtime_bench.bench import run
@@ -504,14 +560,19 @@ def bench_command(bundles: tuple[str, ...], batches: str, compare: tuple[str, st
 
 
 @cli.command("pipeline")
-@click.option("--config", type=click.Path(), default=None,
-              help="Pipeline TOML (default: the packaged mnist5k run).")  # fmt: skip
+@click.option(
+    "--config",
+    type=click.Path(),
+    default=None,
+    help="Pipeline TOML (default: the packaged mnist5k run).",
+)
 @click.option("--out", default=None, help="Output directory (overrides [pipeline] out).")
 @click.option("--force", is_flag=True, help="Re-run every stage, ignoring the cache.")
 @click.option("--show-config", is_flag=True, help="Print the default config and exit.")
 @click.option("--json", "as_json", is_flag=True)
-def pipeline_command(config: str | None, out: str | None, force: bool, show_config: bool,
-                     as_json: bool) -> None:  # fmt: skip
+def pipeline_command(
+    config: str | None, out: str | None, force: bool, show_config: bool, as_json: bool
+) -> None:
     """Train, compress, export, deploy and benchmark from one TOML file."""
     from importlib import resources
 
@@ -525,8 +586,9 @@ def pipeline_command(config: str | None, out: str | None, force: bool, show_conf
         click.echo(json.dumps(result, indent=2, default=str))
         return
     click.echo(format_summary(result["summary"]))
-    click.echo(f"\n{result['out']}: report/report.md, report/*.png, summary.json "
-               f"({result['wall_s']} s)")  # fmt: skip
+    click.echo(
+        f"\n{result['out']}: report/report.md, report/*.png, summary.json ({result['wall_s']} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

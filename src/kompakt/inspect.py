@@ -34,10 +34,14 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
         def record(module, args, output):
             inp = args[0]
             params = sum(p.numel() for p in module.parameters())
-            row = {"name": name, "type": type(module).__name__,
-                   "output_shape": list(output.shape[1:]), "params": params,
-                   "macs": _macs(module, inp, output),
-                   "activation_bytes": output[0].numel() * 4}  # fmt: skip
+            row = {
+                "name": name,
+                "type": type(module).__name__,
+                "output_shape": list(output.shape[1:]),
+                "params": params,
+                "macs": _macs(module, inp, output),
+                "activation_bytes": output[0].numel() * 4,
+            }
             if hasattr(module, "compression_ratio"):
                 row["compression"] = round(module.compression_ratio(), 2)
             rows.append(row)
@@ -128,9 +132,16 @@ def inspect_onnx(path: str) -> dict:
         elif node.op_type in ("MatMul", "Gemm") and node.input[0] in shapes:
             k = shapes[node.input[0]][-1]
             macs = math.prod(out) * k
-        rows.append({"name": node.name or node.output[0], "type": node.op_type,
-                     "output_shape": out[1:], "params": int(params), "macs": int(macs),
-                     "activation_bytes": math.prod(out) * 4 if out else 0})  # fmt: skip
+        rows.append(
+            {
+                "name": node.name or node.output[0],
+                "type": node.op_type,
+                "output_shape": out[1:],
+                "params": int(params),
+                "macs": int(macs),
+                "activation_bytes": math.prod(out) * 4 if out else 0,
+            }
+        )
     total = int(sum(a.size for a in inits.values()))
     first = graph.input[0]
     return {

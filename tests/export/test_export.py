@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -9,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from clirun import kompakt
 from kompakt.errors import CheckpointError, KompaktError
 from kompakt.export import ExportConfig, ExportError, export_onnx, fc_to_conv
 from kompakt.layers import TTLinear
@@ -51,8 +50,9 @@ def test_compressed_model_in_every_tt_mode(tmp_path, mode):
     assert report.layers and forms == ({mode} if mode != "auto" else forms)
     if mode == "factored":
         assert "MatMul" in report.op_counts
-        dense = export_onnx(model, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"),
-                            torch.randn(2, 1, 8, 8))  # fmt: skip
+        dense = export_onnx(
+            model, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"), torch.randn(2, 1, 8, 8)
+        )
         assert report.file_bytes * 3 < dense.file_bytes  # the cores, not the rebuilt weights
     if mode == "auto":  # each layer took its cheapest form, ties to the first listed
         for layer in report.layers:
@@ -89,21 +89,24 @@ def test_auto_picks_the_form_with_fewer_multiply_adds_where_the_answer_is_known(
 
 def test_bare_tt_layer_exported_dense_becomes_one_gemm(tmp_path):
     layer = TTLinear(64, 36, ranks=3).eval()
-    report = export_onnx(layer, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"),
-                         torch.randn(2, 64))  # fmt: skip
+    report = export_onnx(
+        layer, tmp_path / "d.onnx", ExportConfig(tt_mode="dense"), torch.randn(2, 64)
+    )
     assert report.ok and report.layers[0]["form"] == "dense"
     assert set(report.op_counts) <= {"Gemm", "MatMul", "Add"}
 
 
 def test_bare_tt_linear_exports_as_matmul_chain(tmp_path):
     layer = TTLinear(64, 36, ranks=3).eval()
-    report = export_onnx(layer, tmp_path / "tt.onnx", ExportConfig(tt_mode="factored"),
-                         torch.randn(2, 64))  # fmt: skip
+    report = export_onnx(
+        layer, tmp_path / "tt.onnx", ExportConfig(tt_mode="factored"), torch.randn(2, 64)
+    )
     assert report.ok and set(report.op_counts) <= {"MatMul", "Reshape", "Add", "Transpose"}
     session = ort.InferenceSession(str(tmp_path / "tt.onnx"))
     x = torch.randn(5, 64)
-    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0],
-                               layer(x).detach().numpy(), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        session.run(None, {"input": x.numpy()})[0], layer(x).detach().numpy(), atol=1e-5
+    )
 
 
 class NoPadNet(nn.Module):
@@ -112,8 +115,9 @@ class NoPadNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 3 * 3, 16), nn.ReLU(),
-                                  nn.Linear(16, 5))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(4 * 3 * 3, 16), nn.ReLU(), nn.Linear(16, 5)
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -175,11 +179,6 @@ def test_parity_failure_keeps_the_graph_as_failed(tmp_path):
     assert (tmp_path / "m.failed.onnx").exists() and not (tmp_path / "m.onnx").exists()
 
 
-def kompakt(*args):
-    return subprocess.run([sys.executable, "-m", "kompakt.cli", *args], capture_output=True,
-                          text=True)  # fmt: skip
-
-
 def test_cli_export_of_a_trained_checkpoint_carries_metadata(tmp_path):
     from kompakt.train import TrainConfig, fit
 
@@ -212,8 +211,13 @@ def test_a_module_exports_with_the_preprocessing_and_class_names_it_is_given(tmp
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     pre = Preprocessing(mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), scale=1 / 255)
-    export_onnx(model, tmp_path / "m.onnx", example_input=torch.randn(4, 3, 2, 2),
-                preprocessing=pre, class_names=["cat", "dog", "emu"])  # fmt: skip
+    export_onnx(
+        model,
+        tmp_path / "m.onnx",
+        example_input=torch.randn(4, 3, 2, 2),
+        preprocessing=pre,
+        class_names=["cat", "dog", "emu"],
+    )
     props = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     assert Preprocessing.from_dict(json.loads(props["preprocessing"])) == pre
     assert json.loads(props["class_names"]) == ["cat", "dog", "emu"]
@@ -224,8 +228,12 @@ def test_fixed_batch_export_has_that_batch(tmp_path, check):
     from kompakt.export import ExportConfig
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    report = export_onnx(model, tmp_path / "f.onnx", ExportConfig(batch=4, check=check),
-                         example_input=torch.randn(2, 3, 2, 2))  # fmt: skip
+    report = export_onnx(
+        model,
+        tmp_path / "f.onnx",
+        ExportConfig(batch=4, check=check),
+        example_input=torch.randn(2, 3, 2, 2),
+    )
     assert report.input_shape == [4, 3, 2, 2]
     assert (
         onnx.load(tmp_path / "f.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4

@@ -56,8 +56,9 @@ def test_compress_tt_on_a_user_module_full_rank_is_exact():
     model = UserNet().double().eval()
     x = torch.randn(3, 16, 4, 4, dtype=torch.float64)
     before = model(x)
-    report = compress_(model, TTConfig(ranks=None, eps=1e-12),
-                       filter_fn=lambda name, m: name in ("conv", "fc1"))  # fmt: skip
+    report = compress_(
+        model, TTConfig(ranks=None, eps=1e-12), filter_fn=lambda name, m: name in ("conv", "fc1")
+    )
     assert isinstance(model.conv, TTConv2d) and isinstance(model.fc1, TTLinear)
     assert [row["name"] for row in report.layers] == ["conv", "fc1"]
     assert all(row["rel_error"] < 1e-9 for row in report.layers)

@@ -1,9 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
+from clirun import kompakt
 from kompakt.errors import ConfigError
 from kompakt.pipeline import load_config
 
@@ -38,9 +37,7 @@ rounds = 1
 
 
 def pipeline(config, out):
-    return subprocess.run([sys.executable, "-m", "kompakt.cli", "pipeline", "--config",
-                           str(config), "--out", str(out), "--json"],
-                          capture_output=True, text=True)  # fmt: skip
+    return kompakt("pipeline", "--config", config, "--out", out, "--json")
 
 
 def test_pipeline_runs_end_to_end_then_skips_cached_stages(tmp_path):
@@ -53,8 +50,12 @@ def test_pipeline_runs_end_to_end_then_skips_cached_stages(tmp_path):
     assert statuses[("train", "lenet-tt")] == "done"
     assert statuses[("deploy", "lenet-tensorrt-fp16")].startswith("skipped")
     bundles = [row["bundle"] for row in result["summary"]]
-    assert bundles == ["lenet-onnxruntime-fp32", "lenet-onnxruntime-int8",
-                       "lenet-tt-onnxruntime-fp32", "lenet-tt-onnxruntime-int8"]  # fmt: skip
+    assert bundles == [
+        "lenet-onnxruntime-fp32",
+        "lenet-onnxruntime-int8",
+        "lenet-tt-onnxruntime-fp32",
+        "lenet-tt-onnxruntime-int8",
+    ]
     assert all(row["top1"] is not None and row["p50_ms"]["1"] > 0 for row in result["summary"])
     for name in ("report/report.md", "report/pareto.png", "summary.json"):
         assert (tmp_path / "out" / name).is_file()

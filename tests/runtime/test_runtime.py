@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from clirun import kompakt, python
 from kompakt.errors import ConfigError, KompaktError, ShapeError
 from kompakt.runtime import BundleError, load, read_manifest, validate_manifest
 
@@ -27,7 +28,7 @@ def test_import_is_lean_even_after_running_a_bundle(lenet_bundle):
         "bad = [m for m in heavy if m in sys.modules]\n"
         "print(bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -214,8 +215,9 @@ def test_one_engine_shared_by_8_threads(lenet_bundle):
 def test_example_app_classifies_images(lenet_bundle):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "classify.py"), str(lenet_bundle)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("->") == 4
 
@@ -228,10 +230,7 @@ def test_cli_predict_on_image_files(lenet_bundle, tmp_path):
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
         paths.append(str(path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "predict", str(lenet_bundle), *paths, "--json"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    proc = kompakt("predict", lenet_bundle, *paths, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["image"] for r in rows] == paths and all(0 <= r["score"] <= 1 for r in rows)

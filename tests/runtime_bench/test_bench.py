@@ -12,17 +12,27 @@ from kompakt.runtime_bench.bench import compare, latency_stats, results_schema, 
 @pytest.fixture(scope="module")
 def two_bundles(lenet_onnx, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    return [bundle(lenet_onnx, root / "fp32"),
-            bundle(lenet_onnx, root / "int8", precision="int8", calib_data="digits",
-                   calib_samples=32)]  # fmt: skip
+    return [
+        bundle(lenet_onnx, root / "fp32"),
+        bundle(lenet_onnx, root / "int8", precision="int8", calib_data="digits", calib_samples=32),
+    ]
 
 
 @pytest.fixture(scope="module")
 def results(two_bundles, lenet_onnx, tmp_path_factory):
     report = tmp_path_factory.mktemp("report")
-    out = run(two_bundles, (1, 4), warmup_s=0.05, min_runs=10, duration_s=0.1, rounds=2,
-              data="digits", ckpt=str(lenet_onnx.parent / "run" / "best.pt"), report=report,
-              quiet=True)  # fmt: skip
+    out = run(
+        two_bundles,
+        (1, 4),
+        warmup_s=0.05,
+        min_runs=10,
+        duration_s=0.1,
+        rounds=2,
+        data="digits",
+        ckpt=str(lenet_onnx.parent / "run" / "best.pt"),
+        report=report,
+        quiet=True,
+    )
     return out, report
 
 
@@ -48,8 +58,7 @@ def test_results_follow_the_schema_and_statistics_are_sane(results):
 
 def test_every_rendering_is_written(results):
     _, report = results
-    for name in ("results.json", "report.md", "results.csv", "latency_vs_batch.png",
-                 "pareto.png"):  # fmt: skip
+    for name in ("results.json", "report.md", "results.csv", "latency_vs_batch.png", "pareto.png"):
         assert (report / name).stat().st_size > 0
     text = (report / "report.md").read_text()
     assert "| fp32 | onnxruntime | fp32 |" in text and "p50 speedup" in text
@@ -72,11 +81,17 @@ def test_compare_detects_a_planted_regression(results, tmp_path):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps(out))
     new.write_text(json.dumps(slower))
-    proc = subprocess.run([sys.executable, "-m", "kompakt.cli", "bench", "--compare", str(old),
-                           str(new)], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompakt.cli", "bench", "--compare", str(old), str(new)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "REGRESSION int8 batch 1" in proc.stdout
-    same = subprocess.run([sys.executable, "-m", "kompakt.cli", "bench", "--compare", str(old),
-                           str(old)], capture_output=True, text=True)  # fmt: skip
+    same = subprocess.run(
+        [sys.executable, "-m", "kompakt.cli", "bench", "--compare", str(old), str(old)],
+        capture_output=True,
+        text=True,
+    )
     assert same.returncode == 0 and "no regressions" in same.stdout
 
 
@@ -85,7 +100,7 @@ def test_worker_does_not_import_torch(two_bundles):
     code = (
         "import sys; import kompakt.runtime_bench.worker as w; "
         f"w.main({args!r}); print(); print('torch' in sys.modules)"
-    )  # fmt: skip
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"

@@ -19,8 +19,14 @@ class OneEdge(nn.Module):
         super().__init__()
         from kompakt.models.searched import Zero
 
-        edge = MixedOp({"linear": nn.Linear(8, 8), "zero": Zero(), "identity": nn.Identity(),
-                        "tanh": nn.Tanh()})  # fmt: skip
+        edge = MixedOp(
+            {
+                "linear": nn.Linear(8, 8),
+                "zero": Zero(),
+                "identity": nn.Identity(),
+                "tanh": nn.Tanh(),
+            }
+        )
         self.edges = nn.ModuleDict({"0_1": edge})  # the shape structure_penalty expects
         self.edge = edge
 
@@ -41,15 +47,32 @@ def test_bilevel_search_picks_the_clearly_best_candidate():
     gen = torch.Generator().manual_seed(0)
     for _ in range(300):
         xv, xt = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
-        bilevel_step(net, arch, opt, (xv, (xv @ target).reshape(-1)),
-                     (xt, (xt @ target).reshape(-1)), "regression", config, costs)  # fmt: skip
+        bilevel_step(
+            net,
+            arch,
+            opt,
+            (xv, (xv @ target).reshape(-1)),
+            (xt, (xt @ target).reshape(-1)),
+            "regression",
+            config,
+            costs,
+        )
     assert net.edge.choice() == "linear"
     assert net.edge.weights()[0] > 0.5
 
 
 def test_search_writes_a_plain_model_that_retrains_and_exports_without_mixtures(tmp_path):
-    result = search(SearchConfig(space="mlp", data="synthetic", epochs=2, width=16, nodes=2,
-                                 out=str(tmp_path / "s"), quiet=True))  # fmt: skip
+    result = search(
+        SearchConfig(
+            space="mlp",
+            data="synthetic",
+            epochs=2,
+            width=16,
+            nodes=2,
+            out=str(tmp_path / "s"),
+            quiet=True,
+        )
+    )
     genotype = json.loads((tmp_path / "s" / "genotype.json").read_text())["genotype"]
     assert genotype == result["genotype"] and all(e["op"] != "zero" for e in genotype["edges"])
     ckpt = load_checkpoint(result["searched"])
@@ -59,17 +82,43 @@ def test_search_writes_a_plain_model_that_retrains_and_exports_without_mixtures(
     report = export_onnx(result["searched"], tmp_path / "searched.onnx")
     ops = {n.op_type for n in onnx.load(tmp_path / "searched.onnx").graph.node}
     assert report.ok and "Softmax" not in ops  # no mixture weights left in the graph
-    retrained = fit(TrainConfig(init_from=result["searched"], data="synthetic", epochs=1,
-                                out=str(tmp_path / "r"), quiet=True))  # fmt: skip
+    retrained = fit(
+        TrainConfig(
+            init_from=result["searched"],
+            data="synthetic",
+            epochs=1,
+            out=str(tmp_path / "r"),
+            quiet=True,
+        )
+    )
     assert retrained["params"] == result["params"]
 
 
 def test_conv_space_and_cli(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "search", "--space", "conv", "--data", "synthetic",
-         "--epochs", "1", "--width", "8", "--nodes", "1", "--out", str(tmp_path / "c"),
-         "--quiet", "--json"], capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kompakt.cli",
+            "search",
+            "--space",
+            "conv",
+            "--data",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--nodes",
+            "1",
+            "--out",
+            str(tmp_path / "c"),
+            "--quiet",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["genotype"]["space"] == "conv" and len(result["genotype"]["edges"]) == 1

@@ -76,15 +76,19 @@ def test_residual_channels_are_tied_across_adds():
     model = build_model("resnet18-cifar", 10, 3, 32, width=0.125)
     groups = {g.name: g for g in find_groups(model, torch.zeros(1, 3, 32, 32))}
     stem = groups["stem.0"]
-    assert [conv for conv, _ in stem.producers] == ["stem.0", "layers.0.0.conv2",
-                                                      "layers.0.1.conv2"]  # fmt: skip
+    assert [conv for conv, _ in stem.producers] == [
+        "stem.0",
+        "layers.0.0.conv2",
+        "layers.0.1.conv2",
+    ]
     stage2 = next(g for g in groups.values() if "layers.1.0.shortcut.0" in dict(g.producers))
     assert len(stage2.producers) == 3  # conv2 of both blocks + the 1x1 shortcut conv
 
 
 def test_l1_drops_the_smallest_filters_and_euclidean_the_duplicates():
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(6 * 4 * 4, 2))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 2)
+    )
     with torch.no_grad():
         w = model[0].weight
         w.copy_(torch.randn_like(w))
@@ -104,15 +108,21 @@ def test_relevance_removes_the_filters_known_to_be_useless():
     """Filters 4..7 are zero and frozen (their presence cannot change the loss); 0..3 carry the
     signal. The pruner must rank 0..3 as more relevant and remove exactly 4..7."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     with torch.no_grad():
         model[0].weight[4:] = 0
     model[0].weight.register_hook(lambda g: torch.cat([g[:4], torch.zeros_like(g[4:])]))
     patterns = torch.randn(4, 1, 8, 8)
     gen = torch.Generator().manual_seed(0)
-    config = RelevanceConfig(exclude_fraction=0.3, every=50, delta=0.75, target=0.5,
-                             dummies=64, warmup=300)  # fmt: skip
+    config = RelevanceConfig(
+        exclude_fraction=0.3, every=50, delta=0.75, target=0.5, dummies=64, warmup=300
+    )
     pruner = RelevancePruner(model, config, example=torch.zeros(1, 1, 8, 8), seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for _ in range(600):
@@ -132,10 +142,19 @@ def test_relevance_removes_the_filters_known_to_be_useless():
 
 
 def test_pruned_checkpoints_reload_and_export(tmp_path):
-    fit(TrainConfig(model="vgg16-cifar", data="digits", epochs=1, out=str(tmp_path / "base"),
-                    quiet=True, model_kwargs={"width": 0.125}))  # fmt: skip
-    result = prune_checkpoint(str(tmp_path / "base" / "best.pt"), "l1", 0.6, 0,
-                              str(tmp_path / "pruned"))  # fmt: skip
+    fit(
+        TrainConfig(
+            model="vgg16-cifar",
+            data="digits",
+            epochs=1,
+            out=str(tmp_path / "base"),
+            quiet=True,
+            model_kwargs={"width": 0.125},
+        )
+    )
+    result = prune_checkpoint(
+        str(tmp_path / "base" / "best.pt"), "l1", 0.6, 0, str(tmp_path / "pruned")
+    )
     ckpt = load_checkpoint(result["best"])
     model = model_from_checkpoint(ckpt)
     assert sum(p.numel() for p in model.parameters()) == result["params"]
@@ -149,17 +168,51 @@ def test_pruned_checkpoints_reload_and_export(tmp_path):
 
 def test_cli_train_with_relevance_pruning_and_prune_command(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "train", "--model", "lenet5", "--data", "digits",
-         "--epochs", "2", "--prune", "relevance", "--prune-target", "0.3", "--out",
-         str(tmp_path / "rel"), "--quiet", "--json"], capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kompakt.cli",
+            "train",
+            "--model",
+            "lenet5",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--prune",
+            "relevance",
+            "--prune-target",
+            "0.3",
+            "--out",
+            str(tmp_path / "rel"),
+            "--quiet",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     ckpt = load_checkpoint(tmp_path / "rel" / "best.pt")
     assert ckpt["model"]["resized"] and model_from_checkpoint(ckpt)
     proc = subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", "prune", str(tmp_path / "rel" / "best.pt"),
-         "--method", "euclidean", "--ratio", "0.3", "--finetune-epochs", "1", "--out",
-         str(tmp_path / "euc"), "--quiet"], capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kompakt.cli",
+            "prune",
+            str(tmp_path / "rel" / "best.pt"),
+            "--method",
+            "euclidean",
+            "--ratio",
+            "0.3",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            str(tmp_path / "euc"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "pruned (euclidean, 30% of filters)" in proc.stdout

@@ -1,13 +1,11 @@
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from clirun import kompakt, python
 from kompakt.cli import cli
 from kompakt.errors import CheckpointError
 from kompakt.train import (
@@ -19,18 +17,10 @@ from kompakt.train import (
 )
 
 
-def kompakt(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "kompakt.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_training_decreases_the_loss_and_writes_checkpoints(tmp_path):
-    result = fit(TrainConfig(model="mlp", data="synthetic", epochs=3, out=str(tmp_path),
-                             quiet=True, lr=0.05))  # fmt: skip
+    result = fit(
+        TrainConfig(model="mlp", data="synthetic", epochs=3, out=str(tmp_path), quiet=True, lr=0.05)
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -43,8 +33,16 @@ def test_training_decreases_the_loss_and_writes_checkpoints(tmp_path):
 
 
 def test_compressed_training_round_trips_through_the_checkpoint(tmp_path):
-    fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(tmp_path), quiet=True,
-                    compress="tt:ranks=4"))  # fmt: skip
+    fit(
+        TrainConfig(
+            model="mlp",
+            data="synthetic",
+            epochs=1,
+            out=str(tmp_path),
+            quiet=True,
+            compress="tt:ranks=4",
+        )
+    )
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert any(spec["type"] == "tt-linear" for spec in ckpt["model"]["layers"])
     model = model_from_checkpoint(ckpt)
@@ -57,13 +55,34 @@ def _weights(path):
 
 
 def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
-    args = ["train", "--model", "mlp", "--data", "digits", "--epochs", "3", "--quiet",
-            "--model-arg", "hidden=[64]", "--model-arg", "dropout=0.1"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "--quiet",
+        "--model-arg",
+        "hidden=[64]",
+        "--model-arg",
+        "dropout=0.1",
+    ]
     full = kompakt(*args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
     # digits: 1,257 training images / 64 = 20 steps per epoch; die in the middle of epoch 2
-    killed = kompakt(*args, "--out", str(tmp_path / "cut"),
-                     env={"KOMPAKT_TEST_KILL_AFTER_STEPS": "30"})  # fmt: skip
+    # the same run as a program that dies by SIGKILL at step 30, through a TrainHook
+    killed = python(
+        "import os, signal\n"
+        "from kompakt.train import TrainConfig, TrainHook, fit\n"
+        "class Kill(TrainHook):\n"
+        "    def after_step(self, step, loss):\n"
+        "        if step + 1 >= 30: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "fit(TrainConfig(model='mlp', data='digits', epochs=3, quiet=True,"
+        f" out={str(tmp_path / 'cut')!r}, model_kwargs={{'hidden': [64], 'dropout': 0.1}}),"
+        " hooks=[Kill()])\n"
+    )
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["train"]["epoch"] == 1
     resumed = kompakt(*args, "--out", str(tmp_path / "cut"), "--resume")
@@ -76,14 +95,24 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tmp_path):
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
-        fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(tmp_path), quiet=True,
-                        lr=1e30, optimizer="sgd"))  # fmt: skip
+        fit(
+            TrainConfig(
+                model="mlp",
+                data="synthetic",
+                epochs=1,
+                out=str(tmp_path),
+                quiet=True,
+                lr=1e30,
+                optimizer="sgd",
+            )
+        )
     good = tmp_path / "good"
     fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(good), quiet=True))
     before = _weights(good / "last.pt")
     with pytest.raises(TrainingDivergedError):
-        fit(TrainConfig(model="mlp", data="synthetic", epochs=2, out=str(good), quiet=True,
-                        lr=1e30))  # fmt: skip
+        fit(
+            TrainConfig(model="mlp", data="synthetic", epochs=2, out=str(good), quiet=True, lr=1e30)
+        )
     after = _weights(good / "last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -91,8 +120,22 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
     # fresh processes (as a user runs it), so no state of earlier tests leaks into the workers
-    args = ["train", "--model", "mlp", "--data", "digits", "--epochs", "1", "--batch-size", "64",
-            "--seed", "1", "--model-arg", "hidden=[32]", "--quiet"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--seed",
+        "1",
+        "--model-arg",
+        "hidden=[32]",
+        "--quiet",
+    ]
     one = kompakt(*args, "--out", str(tmp_path / "one"))
     two = kompakt(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
@@ -123,8 +166,17 @@ def test_cli_help(command):
 def test_cli_train_on_digits_end_to_end_then_inspect(tmp_path):
     config = tmp_path / "train.toml"
     config.write_text('[train]\nmodel = "lenet5"\nepochs = 2\noptimizer = "adam"\n')
-    proc = kompakt("train", "--config", str(config), "--data", "digits", "--out",
-                   str(tmp_path / "run"), "--json", "--quiet")  # fmt: skip
+    proc = kompakt(
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["epochs"] == 2 and summary["test"]["accuracy"] > 0.3

@@ -46,8 +46,13 @@ class _Reader:
         from tqdm import tqdm
 
         self.name, self.samples, self.batch, self.pos = name, samples, batch, 0
-        self.bar = tqdm(total=len(samples), desc="calibrating", file=sys.stderr,
-                        disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
+        self.bar = tqdm(
+            total=len(samples),
+            desc="calibrating",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
 
     def get_next(self) -> dict | None:
         if self.pos >= len(self.samples):
@@ -145,15 +150,19 @@ def quantize_int8(
     batch, used = calibration_batch(len(calib), method)
     calib = calib[:used]
     input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-    calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    calibration = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     result = QuantizationResult(
         Path(target).name, True, method, len(calib), scheme, scheme_requirement(scheme)
     )
     result.excluded_nodes = list(exclude or [])
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
-        # skip_symbolic_shape: the symbolic pass chokes on some Constant nodes (ONNX_NOTES)
+        # skip_symbolic_shape: ORT's symbolic shape pass raises on Constant nodes that use
+        # value_ints (the dynamo exporter emits them); plain shape inference is enough here
         quant_pre_process(str(source), prepared, skip_symbolic_shape=True)
         for per_channel in (True, False):
             quantize_static(

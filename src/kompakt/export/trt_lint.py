@@ -1,9 +1,10 @@
 """Static TensorRT check of an ONNX graph, runnable without TensorRT or a GPU.
 
 Judges every node against TensorRT's ONNX-parser op list (`trt_supported_ops.txt`, TensorRT
-10.15) and the restrictions that apply to the ops kompakt emits (shared/trt/RESTRICTIONS.md):
-MaxPool without Indices or dilations, Reduce axes as initializers, Q/DQ zero-points 0, MatMul
-float-only, Dropout not training, tensor rank <= 8, opset 9..24 (9..20 for TensorRT <= 10.1).
+10.15) and the restrictions that apply to the ops kompakt emits (from NVIDIA onnx-tensorrt's
+operators.md and the TensorRT developer guide): MaxPool without Indices or dilations, Reduce axes
+as initializers, Q/DQ zero-points 0, MatMul float-only, Dropout not training, tensor rank <= 8,
+opset 9..24 (9..20 for TensorRT <= 10.1).
 """
 
 from __future__ import annotations

@@ -11,6 +11,18 @@ from kompakt.layers.registry import LAYERS
 from kompakt.layers.tt_conv import TTConv2d
 from kompakt.layers.tt_linear import TTLinear
 
+
+def _load_all_layer_modules() -> None:
+    """Import every module of this package, so a new layer file registers itself."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_all_layer_modules()
+
 __all__ = [
     "LAYERS",
     "ChannelConv3d",

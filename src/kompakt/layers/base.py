@@ -21,8 +21,12 @@ def conv_output_hw(conv: nn.Conv2d | nn.Module, height: int, width: int) -> tupl
     return out[0], out[1]
 
 
-def dense_macs(dense: type[nn.Module], weight_params: int, input_shape: tuple[int, ...],
-               layer: nn.Module | None = None) -> int:  # fmt: skip
+def dense_macs(
+    dense: type[nn.Module],
+    weight_params: int,
+    input_shape: tuple[int, ...],
+    layer: nn.Module | None = None,
+) -> int:
     """Multiply-adds of the dense twin (Linear: rows x weight; Conv2d: output pixels x weight)."""
     if dense is nn.Conv2d and layer is not None and len(input_shape) == 4:
         ho, wo = conv_output_hw(layer, input_shape[2], input_shape[3])

@@ -25,7 +25,7 @@ class ChannelConv3d(CompressedLayer):
     is filter f at depth offset j.
 
     Parameters: (h v u + 1) s, against (h v C + 1) D for the Conv2d it replaces (the seed writes
-    the 2-D count per output map; the true count multiplies by C, see SEEDS.md).
+    the 2-D count per output map; the true count multiplies by C).
 
     Args:
         in_channels: C.

@@ -1,4 +1,4 @@
-"""Meta layers and grouped fully-connected heads (Kondaurova & Semenov, SEEDS.md section 2)."""
+"""Meta layers and grouped fully-connected heads (the Meta-layer paper by Kondaurova, Semenov)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tensor-Train math: TT-SVD, TT-matrices, mode factorisation and exact cost models.
 
-Conventions (SEEDS.md section 1):
+Conventions (Oseledets 2011; Novikov et al. 2015):
 - a TT tensor is a list of cores, core k shaped (r_{k-1}, n_k, r_k), r_0 = r_d = 1;
 - a TT-matrix W (out_features, in_features) is a list of cores, core k shaped
   (r_{k-1}, in_mode_k, out_mode_k, r_k); row and column indices are row-major multi-indices

@@ -1,4 +1,5 @@
-"""Checkpoints per the DESIGN.md contract: spec + state_dict, never pickled code, atomic writes.
+"""Checkpoints: {"format", "model": spec, "state_dict", "data", "metrics", "train"}; rebuilt from
+the registries (never pickled code), written atomically.
 
 They live with the models because every stage that turns a file into a model (export, deploy
 parity, bench, search, pruning) needs them, and none of those should depend on training.

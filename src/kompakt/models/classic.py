@@ -19,15 +19,21 @@ class LeNet5(nn.Module):
         pad2 = 2 if image_size < 16 else 0  # keep 8x8 inputs from vanishing
         size = ((image_size + 4 - 4) // 2 + 2 * pad2 - 4) // 2
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=pad2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * size * size, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(16 * size * size, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
             nn.Linear(84, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -25,13 +25,19 @@ def _features(in_channels: int, tt_conv: bool, conv_ranks: int) -> list[nn.Modul
         return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
 
     return [
-        conv(in_channels, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        conv(in_channels, 64),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
-        conv(64, 128), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+        conv(64, 128),
+        nn.BatchNorm2d(128),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
-        conv(128, 128), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
         conv(128, 128),
-    ]  # fmt: skip
+        nn.BatchNorm2d(128),
+        nn.ReLU(inplace=True),
+        conv(128, 128),
+    ]
 
 
 class GaripovNet(nn.Module):
@@ -59,10 +65,12 @@ class GaripovNet(nn.Module):
 
             self.head = nn.Sequential(
                 nn.Flatten(),
-                linear(flat, hidden[0]), nn.ReLU(inplace=True),
-                linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
+                linear(flat, hidden[0]),
+                nn.ReLU(inplace=True),
+                linear(hidden[0], hidden[1]),
+                nn.ReLU(inplace=True),
                 nn.Linear(hidden[1], num_classes),
-            )  # fmt: skip
+            )
         else:
             self.head = nn.Sequential(
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes)
@@ -84,6 +92,9 @@ _register("garipov-conv-fc", "Garipov's conv-fc baseline (4 convs, FC 8192-1536-
 _register("garipov-tt-conv", "garipov-conv with TT convs (ranks: conv_ranks)", tt_conv=True)
 _register("garipov-conv-tt-fc", "garipov-conv-fc with TT FC layers", fc=True, tt_fc=True)
 _register(
-    "garipov-tt-conv-tt-fc", "garipov-conv-fc with TT convs and TT FC layers", fc=True,
-    tt_conv=True, tt_fc=True,
-)  # fmt: skip
+    "garipov-tt-conv-tt-fc",
+    "garipov-conv-fc with TT convs and TT FC layers",
+    fc=True,
+    tt_conv=True,
+    tt_fc=True,
+)

@@ -84,9 +84,12 @@ class MetaNet(nn.Module):
         else:
             fc = nn.Linear(flat, hidden)
         self.head = nn.Sequential(
-            nn.Flatten(), fc, nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Flatten(),
+            fc,
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -16,9 +16,18 @@ def resize_conv(conv: nn.Conv2d, out_keep=None, in_keep=None) -> nn.Conv2d:
         weight = weight[out_keep]
     if in_keep is not None:
         weight = weight[:, in_keep]
-    new = nn.Conv2d(weight.shape[1], weight.shape[0], conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                    device=weight.device, dtype=weight.dtype)  # fmt: skip
+    new = nn.Conv2d(
+        weight.shape[1],
+        weight.shape[0],
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if conv.bias is not None:
@@ -28,8 +37,14 @@ def resize_conv(conv: nn.Conv2d, out_keep=None, in_keep=None) -> nn.Conv2d:
 
 
 def resize_bn(bn: nn.BatchNorm2d, keep) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                         device=bn.weight.device if bn.affine else None)  # fmt: skip
+    new = nn.BatchNorm2d(
+        len(keep),
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        device=bn.weight.device if bn.affine else None,
+    )
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[keep])
@@ -43,8 +58,13 @@ def resize_bn(bn: nn.BatchNorm2d, keep) -> nn.BatchNorm2d:
 
 
 def resize_linear(linear: nn.Linear, keep_features) -> nn.Linear:
-    new = nn.Linear(len(keep_features), linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)  # fmt: skip
+    new = nn.Linear(
+        len(keep_features),
+        linear.out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(linear.weight[:, keep_features])
         if linear.bias is not None:
@@ -83,9 +103,17 @@ def resize_records(model: nn.Module) -> list[dict]:
                 }
             )
         elif type(m) is nn.Linear:
-            records.append({"name": name, "type": "Linear", "args": {
-                "in_features": m.in_features, "out_features": m.out_features,
-                "bias": m.bias is not None}})  # fmt: skip
+            records.append(
+                {
+                    "name": name,
+                    "type": "Linear",
+                    "args": {
+                        "in_features": m.in_features,
+                        "out_features": m.out_features,
+                        "bias": m.bias is not None,
+                    },
+                }
+            )
     return records
 
 

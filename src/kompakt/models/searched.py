@@ -70,12 +70,16 @@ class _Stem(nn.Module):
     def __init__(self, space: str, in_channels: int, image_size: int, width: int) -> None:
         super().__init__()
         if space == "mlp":
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, width),
-                                      nn.ReLU())  # fmt: skip
+            self.body = nn.Sequential(
+                nn.Flatten(), nn.Linear(in_channels * image_size**2, width), nn.ReLU()
+            )
             self.head_in = width
         else:
-            self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU())  # fmt: skip
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+            )
             self.head_in = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,16 +93,21 @@ def _head(space: str, width: int, num_classes: int) -> nn.Module:
 
 
 # what `build_model("searched", ...)` gives without a genotype: one linear edge
-DEFAULT_GENOTYPE = {"space": "mlp", "width": 64, "nodes": 1,
-                    "edges": [{"from": 0, "to": 1, "op": "linear"}]}  # fmt: skip
+DEFAULT_GENOTYPE = {
+    "space": "mlp",
+    "width": 64,
+    "nodes": 1,
+    "edges": [{"from": 0, "to": 1, "op": "linear"}],
+}
 
 
 @MODELS.register("searched", help="an architecture found by `kompakt search` (genotype kwarg)")
 class SearchedNet(nn.Module):
     """The plain model of a genotype: only the chosen primitive on each kept edge."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int,
-                 genotype: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, genotype: dict | None = None
+    ) -> None:
         super().__init__()
         genotype = genotype or DEFAULT_GENOTYPE
         if "edges" not in genotype or not genotype["edges"]:
@@ -109,14 +118,18 @@ class SearchedNet(nn.Module):
         make = primitives(self.space, self.width)
         self.stem = _Stem(self.space, in_channels, image_size, self.width)
         self.edge_list = [(e["from"], e["to"]) for e in genotype["edges"]]
-        self.edges = nn.ModuleDict({f"{e['from']}_{e['to']}": make[e["op"]]()
-                                    for e in genotype["edges"]})  # fmt: skip
+        self.edges = nn.ModuleDict(
+            {f"{e['from']}_{e['to']}": make[e["op"]]() for e in genotype["edges"]}
+        )
         self.head = _head(self.space, self.width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states: list[torch.Tensor | None] = [self.stem(x)]
         for j in range(1, self.nodes + 1):
-            inputs = [self.edges[f"{i}_{j}"](states[i]) for i, t in self.edge_list
-                      if t == j and states[i] is not None]  # fmt: skip
+            inputs = [
+                self.edges[f"{i}_{j}"](states[i])
+                for i, t in self.edge_list
+                if t == j and states[i] is not None
+            ]
             states.append(sum(inputs) if inputs else None)
         return self.head(states[-1])

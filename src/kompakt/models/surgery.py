@@ -241,13 +241,15 @@ def compress_(
             continue
         new.train(module.training)
         set_submodule(model, name, new)
-        report.layers.append({
-            "name": name,
-            "kind": _layer_name(new) or type(new).__name__,
-            "params_before": _params(module),
-            "params_after": _params(new),
-            "rel_error": error,
-        })  # fmt: skip
+        report.layers.append(
+            {
+                "name": name,
+                "kind": _layer_name(new) or type(new).__name__,
+                "params_before": _params(module),
+                "params_after": _params(new),
+                "rel_error": error,
+            }
+        )
     return report
 
 

@@ -26,8 +26,15 @@ def manifest_schema() -> dict:
     return json.loads(text)
 
 
-_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
-          "boolean": bool, "null": type(None)}  # fmt: skip
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "null": type(None),
+}
 
 
 def _check(value: object, schema: dict, where: str, root: dict) -> None:

@@ -41,16 +41,37 @@ def latency_stats(times_s: list[float], batch: int) -> dict:
     mean = float(ms.mean())
     std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return {"runs": len(ms), "mean_ms": mean, "std_ms": std, "p50_ms": p50, "p90_ms": p90,
-            "p99_ms": p99, "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "throughput_per_s": batch * 1e3 / mean, "cv": std / mean if mean else 0.0}  # fmt: skip
+    return {
+        "runs": len(ms),
+        "mean_ms": mean,
+        "std_ms": std,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "throughput_per_s": batch * 1e3 / mean,
+        "cv": std / mean if mean else 0.0,
+    }
 
 
-def _worker(bundle: Path, batch: int, warmup_s: float, min_runs: int, duration_s: float,
-            threads: int | None) -> dict:  # fmt: skip
-    cmd = [sys.executable, "-m", "kompakt.runtime_bench.worker", str(bundle), "--batches",
-           str(batch), "--warmup-s", str(warmup_s), "--min-runs", str(min_runs), "--duration-s",
-           str(duration_s)]  # fmt: skip
+def _worker(
+    bundle: Path, batch: int, warmup_s: float, min_runs: int, duration_s: float, threads: int | None
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kompakt.runtime_bench.worker",
+        str(bundle),
+        "--batches",
+        str(batch),
+        "--warmup-s",
+        str(warmup_s),
+        "--min-runs",
+        str(min_runs),
+        "--duration-s",
+        str(duration_s),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     for module in plugin_modules():  # backends registered outside kompakt
@@ -139,16 +160,23 @@ def run(
     manifests = [read_manifest(p) for p in paths]  # verifies every hash before measuring
     names = _unique_names(paths)
     samples: dict[tuple[int, int], list[float]] = {}
-    per_bundle: list[dict] = [{"create_s": [], "first_s": [], "peak": [], "baseline": []}
-                              for _ in paths]  # fmt: skip
+    per_bundle: list[dict] = [
+        {"create_s": [], "first_s": [], "peak": [], "baseline": []} for _ in paths
+    ]
     jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
     bar = tqdm(jobs, desc="bench", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
     for _, batch, i in bar:
         max_batch = manifests[i].get("max_batch")
         if max_batch is not None and batch > max_batch:
             continue
-        result = _worker(paths[i], batch, warmup_s if _ == 0 else warmup_s / 2,
-                         max(1, min_runs // rounds), duration_s / rounds, threads)  # fmt: skip
+        result = _worker(
+            paths[i],
+            batch,
+            warmup_s if _ == 0 else warmup_s / 2,
+            max(1, min_runs // rounds),
+            duration_s / rounds,
+            threads,
+        )
         samples.setdefault((i, batch), []).extend(result["times"][str(batch)])
         record = per_bundle[i]
         record["create_s"].append(result["create_s"])
@@ -201,14 +229,22 @@ def run(
         "schema": "kompakt-bench/1",
         "kompakt_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"batches": list(batches), "warmup_s": warmup_s, "min_runs": min_runs,
-                     "duration_s": duration_s, "threads": threads, "rounds": rounds,
-                     "order": "interleaved per round and batch (A B A B ...)",
-                     "ort_spinning": False, "data": data, "split": split},
+        "settings": {
+            "batches": list(batches),
+            "warmup_s": warmup_s,
+            "min_runs": min_runs,
+            "duration_s": duration_s,
+            "threads": threads,
+            "rounds": rounds,
+            "order": "interleaved per round and batch (A B A B ...)",
+            "ort_spinning": False,
+            "data": data,
+            "split": split,
+        },
         "machine": describe_machine(("onnxruntime", "openvino", "tensorrt")),
         "gpu_note": None if describe_machine(())["gpu"] else "GPU: not measured (no GPU)",
         "bundles": results,
-    }  # fmt: skip
+    }
     check_schema(out, results_schema(), "bench results")
     for entry in results:
         for message in entry["warnings"]:
@@ -271,8 +307,10 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
             if batch in ref["latency"]:
                 was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
                 if now > was * (1 + threshold):
-                    regressions.append(f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
-                                       f"{now:.3f} ms (+{now / was - 1:.0%})")  # fmt: skip
+                    regressions.append(
+                        f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
+                        f"{now:.3f} ms (+{now / was - 1:.0%})"
+                    )
         was_metrics = ref.get("metrics") or _legacy_metrics(ref)
         now_metrics = entry.get("metrics") or _legacy_metrics(entry)
         for name in METRICS.names():

@@ -110,24 +110,66 @@ def _get(section: str, key: str) -> Callable[[BundleResult], float | None]:
     return read
 
 
-register(Metric("artefact_kib", "artefact", "KiB", "lower",
-                lambda r: r.artefact_bytes / 1024, ".1f", regression=0.10))  # fmt: skip
+register(
+    Metric(
+        "artefact_kib",
+        "artefact",
+        "KiB",
+        "lower",
+        lambda r: r.artefact_bytes / 1024,
+        ".1f",
+        regression=0.10,
+    )
+)
 register(Metric("bundle_kib", "bundle", "KiB", "lower", lambda r: r.bundle_bytes / 1024, ".1f"))
-register(Metric("peak_rss_mib", "peak RSS", "MiB", "lower", lambda r: r.peak_rss_mib, ".1f",
-                regression=0.10))  # fmt: skip
-register(Metric("rss_delta_mib", "RSS over runtime", "MiB", "lower", lambda r: r.rss_delta_mib,
-                ".1f"))  # fmt: skip
+register(
+    Metric(
+        "peak_rss_mib", "peak RSS", "MiB", "lower", lambda r: r.peak_rss_mib, ".1f", regression=0.10
+    )
+)
+register(
+    Metric("rss_delta_mib", "RSS over runtime", "MiB", "lower", lambda r: r.rss_delta_mib, ".1f")
+)
 register(Metric("create_s", "create", "s", "lower", lambda r: r.create_s, ".3f"))
-register(Metric("first_inference_ms", "first run", "ms", "lower",
-                lambda r: None if r.first_inference_s is None else r.first_inference_s * 1e3,
-                ".2f"))  # fmt: skip
-register(Metric("top1", "top-1", "%", "higher", _get("accuracy", "top1"), ".2f", scale=100,
-                regression=0.5, absolute=True))  # fmt: skip
+register(
+    Metric(
+        "first_inference_ms",
+        "first run",
+        "ms",
+        "lower",
+        lambda r: None if r.first_inference_s is None else r.first_inference_s * 1e3,
+        ".2f",
+    )
+)
+register(
+    Metric(
+        "top1",
+        "top-1",
+        "%",
+        "higher",
+        _get("accuracy", "top1"),
+        ".2f",
+        scale=100,
+        regression=0.5,
+        absolute=True,
+    )
+)
 register(Metric("rmse", "RMSE", "", "lower", _get("accuracy", "rmse"), ".4f", regression=0.05))
-register(Metric("parity_max_rel", "parity vs PyTorch (max rel)", "", "lower",
-                _get("parity", "max_rel"), ".2e"))  # fmt: skip
-register(Metric("golden_max_rel", "golden drift (max rel)", "", "lower",
-                _get("golden", "max_rel"), ".2e"))  # fmt: skip
+register(
+    Metric(
+        "parity_max_rel",
+        "parity vs PyTorch (max rel)",
+        "",
+        "lower",
+        _get("parity", "max_rel"),
+        ".2e",
+    )
+)
+register(
+    Metric(
+        "golden_max_rel", "golden drift (max rel)", "", "lower", _get("golden", "max_rel"), ".2e"
+    )
+)
 
 
 def measure_all(result: BundleResult) -> dict[str, float | None]:

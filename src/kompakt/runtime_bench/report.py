@@ -15,16 +15,27 @@ def _rows(results: dict) -> list[dict]:
     for b in results["bundles"]:
         for batch, stats in b["latency"].items():
             accuracy = b.get("accuracy") or {}
-            rows.append({
-                "bundle": b["name"], "backend": b["backend"], "precision": b["precision"],
-                "batch": int(batch), "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
-                "p99_ms": stats["p99_ms"], "mean_ms": stats["mean_ms"], "std_ms": stats["std_ms"],
-                "throughput_per_s": stats["throughput_per_s"], "cv": stats["cv"],
-                "runs": stats["runs"], "artefact_kib": b["artefact_bytes"] / 1024,
-                "peak_rss_mib": b.get("peak_rss_mib"), "top1": accuracy.get("top1"),
-                "speedup_vs_first": b["vs_baseline"].get(f"p50_speedup_b{batch}"),
-                **{f"metric_{k}": v for k, v in (b.get("metrics") or {}).items()},
-            })  # fmt: skip
+            rows.append(
+                {
+                    "bundle": b["name"],
+                    "backend": b["backend"],
+                    "precision": b["precision"],
+                    "batch": int(batch),
+                    "p50_ms": stats["p50_ms"],
+                    "p90_ms": stats["p90_ms"],
+                    "p99_ms": stats["p99_ms"],
+                    "mean_ms": stats["mean_ms"],
+                    "std_ms": stats["std_ms"],
+                    "throughput_per_s": stats["throughput_per_s"],
+                    "cv": stats["cv"],
+                    "runs": stats["runs"],
+                    "artefact_kib": b["artefact_bytes"] / 1024,
+                    "peak_rss_mib": b.get("peak_rss_mib"),
+                    "top1": accuracy.get("top1"),
+                    "speedup_vs_first": b["vs_baseline"].get(f"p50_speedup_b{batch}"),
+                    **{f"metric_{k}": v for k, v in (b.get("metrics") or {}).items()},
+                }
+            )
     return rows
 
 
@@ -55,18 +66,25 @@ def render_markdown(results: dict) -> str:
     for b in results["bundles"]:
         values = b.get("metrics") or {}
         cells = [m.format(values.get(m.name)) for m in metrics]
-        lines.append(f"| {b['name']} | {b['backend']} | {b['precision']} | " + " | ".join(cells)
-                     + " |")  # fmt: skip
+        lines.append(
+            f"| {b['name']} | {b['backend']} | {b['precision']} | " + " | ".join(cells) + " |"
+        )
     for b in results["bundles"]:
         golden = b.get("golden")
         if golden:
             verdict = "ok" if golden.get("ok") else "DRIFT"
-            lines.append(f"\nGolden samples of {b['name']}: {verdict} (max rel "
-                         f"{golden.get('max_rel', float('nan')):.2e}, top-1 agreement "
-                         f"{golden.get('top1_agreement', float('nan')):.4f})")  # fmt: skip
-    lines += ["", "## Latency (ms) and throughput; ratios vs the first bundle", "",
-              "| bundle | batch | p50 | p90 | p99 | mean ± std | samples/s | p50 speedup |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"\nGolden samples of {b['name']}: {verdict} (max rel "
+                f"{golden.get('max_rel', float('nan')):.2e}, top-1 agreement "
+                f"{golden.get('top1_agreement', float('nan')):.4f})"
+            )
+    lines += [
+        "",
+        "## Latency (ms) and throughput; ratios vs the first bundle",
+        "",
+        "| bundle | batch | p50 | p90 | p99 | mean ± std | samples/s | p50 speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in _rows(results):
         lines.append(
             f"| {r['bundle']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
@@ -101,10 +119,16 @@ def plot(results: dict, folder: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for b in results["bundles"]:
         batches = sorted(int(k) for k in b["latency"])
-        ax.plot(batches, [b["latency"][str(k)]["p50_ms"] for k in batches], marker="o",
-                label=b["name"])  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="p50 latency (ms)",
-           title="Latency vs batch")  # fmt: skip
+        ax.plot(
+            batches, [b["latency"][str(k)]["p50_ms"] for k in batches], marker="o", label=b["name"]
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch",
+        ylabel="p50 latency (ms)",
+        title="Latency vs batch",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -122,11 +146,17 @@ def plot(results: dict, folder: Path) -> list[str]:
         y = 100 * b["accuracy"]["top1"] if with_acc else 0.0
         size = 60 + 1500 * b["artefact_bytes"] / largest
         ax.scatter(b["latency"][batch]["p50_ms"], y, s=size, alpha=0.5)
-        ax.annotate(f"{b['name']}\n{b['artefact_bytes'] / 1024:.0f} KiB",
-                    (b["latency"][batch]["p50_ms"], y), fontsize=7, ha="center")  # fmt: skip
-    ax.set(xlabel=f"p50 latency at batch {batch} (ms)",
-           ylabel="top-1 accuracy (%)" if with_acc else "(no accuracy measured)",
-           title="Accuracy vs latency vs size (bubble area = file size)")  # fmt: skip
+        ax.annotate(
+            f"{b['name']}\n{b['artefact_bytes'] / 1024:.0f} KiB",
+            (b["latency"][batch]["p50_ms"], y),
+            fontsize=7,
+            ha="center",
+        )
+    ax.set(
+        xlabel=f"p50 latency at batch {batch} (ms)",
+        ylabel="top-1 accuracy (%)" if with_acc else "(no accuracy measured)",
+        title="Accuracy vs latency vs size (bubble area = file size)",
+    )
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "pareto.png", dpi=120)

@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     for module in args.plugin:
         importlib.import_module(module)
     batches = [int(b) for b in args.batches.split(",")]
-    result = measure(args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s,
-                     args.threads)  # fmt: skip
+    result = measure(
+        args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s, args.threads
+    )
     json.dump(result, sys.stdout)
     return 0
 

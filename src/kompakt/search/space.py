@@ -38,17 +38,27 @@ class MixedOp(nn.Module):
 class SuperNet(nn.Module):
     """Stem -> a cell of `nodes` nodes with a MixedOp on every edge (i < j) -> head."""
 
-    def __init__(self, space: str, num_classes: int, in_channels: int, image_size: int,
-                 width: int = 64, nodes: int = 3) -> None:  # fmt: skip
+    def __init__(
+        self,
+        space: str,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        width: int = 64,
+        nodes: int = 3,
+    ) -> None:
         super().__init__()
         self.space, self.width, self.nodes = space, width, nodes
         self.dims = (num_classes, in_channels, image_size)
         make = primitives(space, width)
         self.stem = _Stem(space, in_channels, image_size, width)
-        self.edges = nn.ModuleDict({
-            f"{i}_{j}": MixedOp({name: build() for name, build in make.items()})
-            for j in range(1, nodes + 1) for i in range(j)
-        })  # fmt: skip
+        self.edges = nn.ModuleDict(
+            {
+                f"{i}_{j}": MixedOp({name: build() for name, build in make.items()})
+                for j in range(1, nodes + 1)
+                for i in range(j)
+            }
+        )
         self.head = _head(space, width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +82,10 @@ class SuperNet(nn.Module):
             if edge.choice() != "zero":
                 edges.append({"from": i, "to": j, "op": edge.choice()})
         if not any(e["to"] == self.nodes for e in edges):
-            best = max((k for k in self.edges if k.endswith(f"_{self.nodes}")),
-                       key=lambda k: self._best_nonzero(k)[1])  # fmt: skip
+            best = max(
+                (k for k in self.edges if k.endswith(f"_{self.nodes}")),
+                key=lambda k: self._best_nonzero(k)[1],
+            )
             i, j = (int(v) for v in best.split("_"))
             edges.append({"from": i, "to": j, "op": self._best_nonzero(best)[0]})
         return {"space": self.space, "width": self.width, "nodes": self.nodes, "edges": edges}

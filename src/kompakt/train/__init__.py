@@ -8,10 +8,18 @@ from kompakt.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from kompakt.train.trainer import TrainConfig, TrainingDivergedError, evaluate, fit, parse_compress
+from kompakt.train.trainer import (
+    TrainConfig,
+    TrainHook,
+    TrainingDivergedError,
+    evaluate,
+    fit,
+    parse_compress,
+)
 
 __all__ = [
     "TrainConfig",
+    "TrainHook",
     "TrainingDivergedError",
     "atomic_save",
     "evaluate",

@@ -16,9 +16,15 @@ METHODS = ("l1", "euclidean", "relevance")
 
 
 def prune_checkpoint(
-    ckpt: str, method: str, ratio: float, finetune_epochs: int, out: str,
-    lr: float = 0.01, data_root: str | None = None, quiet: bool = False,
-) -> dict:  # fmt: skip
+    ckpt: str,
+    method: str,
+    ratio: float,
+    finetune_epochs: int,
+    out: str,
+    lr: float = 0.01,
+    data_root: str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Prune a trained checkpoint and fine-tune; writes a compact checkpoint under `out`.
 
     l1 / euclidean mask `ratio` of each group's filters, compact, then fine-tune; relevance
@@ -29,23 +35,42 @@ def prune_checkpoint(
     _check_ratio(ratio)
     source = load_checkpoint(ckpt)
     data = source["data"]
-    common = {"data": data["name"], "data_root": data_root or data.get("root"), "lr": lr,
-              "out": out, "quiet": quiet}  # fmt: skip
+    common = {
+        "data": data["name"],
+        "data_root": data_root or data.get("root"),
+        "lr": lr,
+        "out": out,
+        "quiet": quiet,
+    }
     if method == "relevance":
         if finetune_epochs < 1:
-            raise ConfigError("relevance pruning needs --finetune-epochs >= 1 (it prunes while "
-                              "training)")  # fmt: skip
-        return fit(TrainConfig(init_from=ckpt, epochs=finetune_epochs, prune="relevance",
-                               prune_target=ratio, **common))  # fmt: skip
+            raise ConfigError(
+                "relevance pruning needs --finetune-epochs >= 1 (it prunes while training)"
+            )
+        return fit(
+            TrainConfig(
+                init_from=ckpt,
+                epochs=finetune_epochs,
+                prune="relevance",
+                prune_target=ratio,
+                **common,
+            )
+        )
     model = model_from_checkpoint(source)
     example = torch.zeros(1, *data["input_shape"])
-    groups = (l1_prune(model, ratio, example=example) if method == "l1"
-              else euclidean_prune(model, ratio=ratio, example=example))  # fmt: skip
+    groups = (
+        l1_prune(model, ratio, example=example)
+        if method == "l1"
+        else euclidean_prune(model, ratio=ratio, example=example)
+    )
     spec = dict(source["model"])
     spec["resized"] = compact_(model, groups)
-    pruned = {**source, "model": spec, "state_dict": {k: v.detach().cpu()
-                                                      for k, v in model.state_dict().items()},
-              "train": {"pruned_from": str(ckpt), "method": method, "ratio": ratio}}  # fmt: skip
+    pruned = {
+        **source,
+        "model": spec,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train": {"pruned_from": str(ckpt), "method": method, "ratio": ratio},
+    }
     path = Path(out) / "pruned.pt"
     save_checkpoint(pruned, path)
     if finetune_epochs < 1:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,8 +137,12 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
             )
     else:
         c, h, _ = info.input_shape
-        kwargs = {"num_classes": info.num_classes, "in_channels": c, "image_size": h,
-                  **config.model_kwargs}  # fmt: skip
+        kwargs = {
+            "num_classes": info.num_classes,
+            "in_channels": c,
+            "image_size": h,
+            **config.model_kwargs,
+        }
         model = build_model(config.model, **kwargs)
         spec = {"name": config.model, "kwargs": kwargs}
     if config.compress:
@@ -149,11 +153,16 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr or 0.05, momentum=config.momentum,
-                               weight_decay=config.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr or 0.05,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr or 1e-3,
-                                weight_decay=config.weight_decay)  # fmt: skip
+        return torch.optim.Adam(
+            model.parameters(), lr=config.lr or 1e-3, weight_decay=config.weight_decay
+        )
     raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
@@ -186,14 +195,52 @@ def _validate(config: TrainConfig) -> None:
         )
 
 
-def fit(config: TrainConfig) -> dict:
+class TrainHook:
+    """Something the training loop calls at fixed points (pruning, logging, tests, a user's
+    schedule). Override what you need; every method does nothing by default."""
+
+    def before_step(self, step: int) -> None:
+        """Before the forward pass of global step `step` (0-based, counted over this run)."""
+
+    def after_step(self, step: int, loss: float) -> None:
+        """After the optimiser step, with the batch's loss."""
+
+    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        """After validation of `epoch` (1-based); returns the metrics to record (may add)."""
+        return metrics
+
+
+class _RelevanceHook(TrainHook):
+    """Relevance pruning (seed 001) in the loop: random exclusion before each step, the
+    relevance update and the removal test after it."""
+
+    def __init__(self, pruner: RelevancePruner) -> None:
+        self.pruner = pruner
+
+    def before_step(self, step: int) -> None:
+        self.pruner.before_step()
+
+    def after_step(self, step: int, loss: float) -> None:
+        self.pruner.after_step(loss)
+
+    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        return {**metrics, "filter_sparsity": self.pruner.sparsity()}
+
+
+def fit(config: TrainConfig, hooks: Sequence[TrainHook] = ()) -> dict:
     """Train per `config`; writes last.pt, best.pt and metrics.jsonl under `config.out`.
+
+    Args:
+        config: what to train and how.
+        hooks: TrainHooks called by the loop (in order), after kompakt's own.
 
     Returns:
         a summary: paths, epochs run, best and final validation metrics, test metrics.
     """
     _validate(config)
     if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if hooks:
+            raise ConfigError("hooks run in one process; use nproc=1 with hooks")
         return _spawn(config)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -202,10 +249,10 @@ def fit(config: TrainConfig) -> dict:
 
         if not dist.is_initialized():
             dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    return _fit(config, rank, world)
+    return _fit(config, rank, world, list(hooks))
 
 
-def _fit(config: TrainConfig, rank: int, world: int) -> dict:
+def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.data, root=config.data_root)
@@ -240,9 +287,11 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
     if config.prune == "relevance":
         steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
         every = max(10, steps // 40)  # about 30 removal tests over the run
-        relevance = RelevanceConfig(target=config.prune_target, every=every, warmup=every * 3,
-                                    total_steps=steps)  # fmt: skip
+        relevance = RelevanceConfig(
+            target=config.prune_target, every=every, warmup=every * 3, total_steps=steps
+        )
         pruner = RelevancePruner(model, relevance, example=x_train[:1], seed=config.seed)
+        hooks = [_RelevanceHook(pruner), *hooks]
 
     net: nn.Module = model
     if world > 1:
@@ -251,7 +300,6 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         _truncate_metrics(metrics_path, start_epoch)
-    kill_after = int(os.environ.get("KOMPAKT_TEST_KILL_AFTER_STEPS", "0"))  # for the kill -9 test
     steps_done = 0
     params = sum(p.numel() for p in model.parameters())
     show = rank == 0 and not config.quiet and sys.stderr.isatty()
@@ -265,16 +313,21 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
         order = torch.randperm(len(x_train), generator=gen)
         steps = math.ceil(len(order) / config.batch_size)
         running, seen = 0.0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
-                   leave=False, file=sys.stderr)  # fmt: skip
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not show,
+            leave=False,
+            file=sys.stderr,
+        )
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             if augment:
                 xb = _augment(xb, gen)
             xb, yb = xb[rank::world], yb[rank::world]
-            if pruner is not None:
-                pruner.before_step()
+            for hook in hooks:
+                hook.before_step(steps_done)
             loss = _loss(info.task, net(xb), yb, config.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -285,25 +338,28 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if pruner is not None:
-                pruner.after_step(loss.item())
+            for hook in hooks:
+                hook.after_step(steps_done, loss.item())
             running += loss.item() * len(yb)
             seen += len(yb)
             steps_done += 1
             if show:
                 bar.set_postfix(loss=f"{running / seen:.4f}")
-            if kill_after and steps_done >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if rank != 0:
             continue
         last_val = evaluate(model, *data.split("val"), info.task)
-        if pruner is not None:
-            last_val = {**last_val, "filter_sparsity": pruner.sparsity()}
-        row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
-               **{f"val_{k}": v for k, v in last_val.items()}, "lr": lr,
-               "time_s": round(time.perf_counter() - start, 3), "params": params}  # fmt: skip
+        for hook in hooks:
+            last_val = hook.after_epoch(epoch + 1, last_val)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": running / max(seen, 1),
+            **{f"val_{k}": v for k, v in last_val.items()},
+            "lr": lr,
+            "time_s": round(time.perf_counter() - start, 3),
+            "params": params,
+        }
         improved = _score(last_val) > best
         best = max(best, _score(last_val))
         train_state = {
@@ -313,16 +369,18 @@ def _fit(config: TrainConfig, rank: int, world: int) -> dict:
             "scheduler": scheduler.state_dict(),
             "best": best,
         }
-        ckpt = make_checkpoint(model, spec, data_dict, {"val": last_val, "epoch": epoch + 1},
-                               train_state)  # fmt: skip
+        ckpt = make_checkpoint(
+            model, spec, data_dict, {"val": last_val, "epoch": epoch + 1}, train_state
+        )
         if improved and pruner is None:  # a pruning run's best.pt is its final compact model
             save_checkpoint(ckpt, out / "best.pt")
         save_checkpoint(ckpt, last_path)
         with open(metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         if not config.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in row.items())  # fmt: skip
+            shown = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
             print(shown, file=sys.stderr)
     if rank != 0:
         return {}
@@ -352,8 +410,9 @@ def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
     val = evaluate(model, *data.split("val"), data.info.task)
     val["filter_sparsity"] = sparsity
     train_state = {"config": _jsonable(asdict(config)), "epoch": config.epochs, "pruned": True}
-    ckpt = make_checkpoint(model, spec, data_dict, {"val": val, "epoch": config.epochs},
-                           train_state)  # fmt: skip
+    ckpt = make_checkpoint(
+        model, spec, data_dict, {"val": val, "epoch": config.epochs}, train_state
+    )
     save_checkpoint(ckpt, out / "best.pt")
     save_checkpoint(ckpt, out / "last.pt")
     return val
@@ -381,12 +440,13 @@ def _free_port() -> int:
 def _worker(rank: int, config: TrainConfig, world: int, port: int, result_path: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = _fit(config, rank, world)
+        result = _fit(config, rank, world, [])
         if rank == 0:
             Path(result_path).write_text(json.dumps(result))
     finally:
@@ -400,8 +460,12 @@ def _spawn(config: TrainConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / ".ddp_result.json"
-    mp.spawn(_worker, args=(config, config.nproc, _free_port(), str(result_path)),
-             nprocs=config.nproc, join=True)  # fmt: skip
+    mp.spawn(
+        _worker,
+        args=(config, config.nproc, _free_port(), str(result_path)),
+        nprocs=config.nproc,
+        join=True,
+    )
     result = json.loads(result_path.read_text())
     result_path.unlink()
     return result

@@ -13,19 +13,42 @@ from kompakt.runtime.manifest import BundleError, confined
 # TensorRT EP options a bundle may set. Anything else (notably the options that load a shared
 # library: trt_engine_decryption_lib_path, trt_extra_plugin_lib_paths) is refused: a manifest
 # never chooses code to run.
-TRT_EP_OPTIONS = frozenset({
-    "device_id", "trt_max_workspace_size", "trt_fp16_enable", "trt_bf16_enable",
-    "trt_int8_enable", "trt_engine_cache_enable", "trt_engine_cache_path",
-    "trt_timing_cache_enable", "trt_timing_cache_path", "trt_builder_optimization_level",
-    "trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes",
-    "trt_cuda_graph_enable", "trt_auxiliary_streams", "trt_detailed_build_log",
-    "trt_build_heuristics_enable", "trt_context_memory_sharing_enable", "trt_min_subgraph_size",
-})  # fmt: skip
-CUDA_EP_OPTIONS = frozenset({
-    "device_id", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search",
-    "cudnn_conv_use_max_workspace", "do_copy_in_default_stream", "enable_cuda_graph",
-    "prefer_nhwc", "use_tf32",
-})  # fmt: skip
+TRT_EP_OPTIONS = frozenset(
+    {
+        "device_id",
+        "trt_max_workspace_size",
+        "trt_fp16_enable",
+        "trt_bf16_enable",
+        "trt_int8_enable",
+        "trt_engine_cache_enable",
+        "trt_engine_cache_path",
+        "trt_timing_cache_enable",
+        "trt_timing_cache_path",
+        "trt_builder_optimization_level",
+        "trt_profile_min_shapes",
+        "trt_profile_opt_shapes",
+        "trt_profile_max_shapes",
+        "trt_cuda_graph_enable",
+        "trt_auxiliary_streams",
+        "trt_detailed_build_log",
+        "trt_build_heuristics_enable",
+        "trt_context_memory_sharing_enable",
+        "trt_min_subgraph_size",
+    }
+)
+CUDA_EP_OPTIONS = frozenset(
+    {
+        "device_id",
+        "gpu_mem_limit",
+        "arena_extend_strategy",
+        "cudnn_conv_algo_search",
+        "cudnn_conv_use_max_workspace",
+        "do_copy_in_default_stream",
+        "enable_cuda_graph",
+        "prefer_nhwc",
+        "use_tf32",
+    }
+)
 
 
 def _checked(options: dict, allowed: frozenset, provider: str) -> dict:

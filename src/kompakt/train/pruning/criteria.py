@@ -58,13 +58,16 @@ def example_input(model: nn.Module) -> torch.Tensor:
 
 
 def l1_prune(
-    model: nn.Module, ratio: float, layers: list[str] | None = None,
+    model: nn.Module,
+    ratio: float,
+    layers: list[str] | None = None,
     example: torch.Tensor | None = None,
-) -> list[ChannelGroup]:  # fmt: skip
+) -> list[ChannelGroup]:
     """Mask, per group, the `ratio` of filters with the smallest L1 norm (Li et al. 2017)."""
     _check_ratio(ratio)
-    groups = _select(find_groups(model, example if example is not None else example_input(model)),
-                     layers)  # fmt: skip
+    groups = _select(
+        find_groups(model, example if example is not None else example_input(model)), layers
+    )
     for group in groups:
         alive = group.mask if group.mask is not None else torch.ones(group.channels)
         group.mask = _keep_top(_weights(model, group).abs().sum(1), ratio, alive)
@@ -72,16 +75,20 @@ def l1_prune(
 
 
 def euclidean_prune(
-    model: nn.Module, ratio: float | None = None, threshold: float | None = None,
-    layers: list[str] | None = None, example: torch.Tensor | None = None,
-) -> list[ChannelGroup]:  # fmt: skip
+    model: nn.Module,
+    ratio: float | None = None,
+    threshold: float | None = None,
+    layers: list[str] | None = None,
+    example: torch.Tensor | None = None,
+) -> list[ChannelGroup]:
     """Mask one filter of each pair closer than `threshold`, or greedily drop the filter closest
     to another until `ratio` of the group is gone (filters redundant with a neighbour go first)."""
     _check_ratio(ratio)
     if (ratio is None) == (threshold is None):
         raise ConfigError("euclidean_prune takes exactly one of ratio or threshold")
-    groups = _select(find_groups(model, example if example is not None else example_input(model)),
-                     layers)  # fmt: skip
+    groups = _select(
+        find_groups(model, example if example is not None else example_input(model)), layers
+    )
     for group in groups:
         w = _weights(model, group)
         dist = torch.cdist(w, w)

@@ -11,10 +11,27 @@ from torch import fx, nn
 
 from kompakt.errors import ConfigError
 
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)  # fmt: skip
-PASS_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.max_pool2d,
-                  nn.functional.avg_pool2d, nn.functional.dropout}  # fmt: skip
+PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+PASS_FUNCTIONS = {
+    torch.relu,
+    nn.functional.relu,
+    nn.functional.max_pool2d,
+    nn.functional.avg_pool2d,
+    nn.functional.dropout,
+}
 ADD = {operator.add, torch.add, operator.iadd}
 
 

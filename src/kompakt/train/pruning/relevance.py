@@ -50,15 +50,20 @@ class RelevancePruner:
     """
 
     def __init__(
-        self, model: nn.Module, config: RelevanceConfig | None = None,
-        layers: list[str] | None = None, example: torch.Tensor | None = None, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        model: nn.Module,
+        config: RelevanceConfig | None = None,
+        layers: list[str] | None = None,
+        example: torch.Tensor | None = None,
+        seed: int = 0,
+    ) -> None:
         self.config = config or RelevanceConfig()
         if not 0 < self.config.exclude_fraction < 1:
             raise ConfigError("exclude_fraction must be in (0, 1)")
         self.model = model
-        self.groups = _select(find_groups(model, example if example is not None
-                                          else example_input(model)), layers)  # fmt: skip
+        self.groups = _select(
+            find_groups(model, example if example is not None else example_input(model)), layers
+        )
         if not self.groups:
             raise ConfigError("this model has no prunable conv groups")
         for g in self.groups:
@@ -90,13 +95,15 @@ class RelevancePruner:
         if self.done:
             return
         for group in self.groups:
-            keep = (torch.rand(group.channels, generator=self.gen)
-                    >= self.config.exclude_fraction).float()  # fmt: skip
+            keep = (
+                torch.rand(group.channels, generator=self.gen) >= self.config.exclude_fraction
+            ).float()
             # like inverted dropout: the kept filters are scaled up so that activations have
             # the same expected size in these steps as with every filter in (evaluation)
             scaled = keep / (1.0 - self.config.exclude_fraction)
-            dummy_keep = (torch.rand(self.config.dummies, generator=self.gen)
-                          >= self.config.exclude_fraction).float()  # fmt: skip
+            dummy_keep = (
+                torch.rand(self.config.dummies, generator=self.gen) >= self.config.exclude_fraction
+            ).float()
             self.masker.temporary[id(group)] = scaled
             self.in_use.append((keep * group.mask, dummy_keep))
 
