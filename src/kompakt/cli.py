@@ -6,6 +6,7 @@ code 1; `kompakt --debug ...` shows the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 import click
 
 from kompakt import __version__
+from kompakt.deploy.builders.base import BuildOptions
+from kompakt.deploy.bundle import DeployConfig
 from kompakt.errors import ConfigError, KompaktError
+from kompakt.export.exporter import ExportConfig
+from kompakt.options import click_options, config_from
+from kompakt.runtime_bench.bench import BenchConfig
+from kompakt.search.darts import SearchConfig
+from kompakt.train.trainer import TrainConfig
 
 
 class KompaktGroup(click.Group):
@@ -98,28 +106,6 @@ def _read_toml(path: str | None) -> dict:
     return {} if path is None else load_toml(path)
 
 
-def _merge_config(ctx: click.Context, section: str, fields: set[str]) -> dict:
-    """CLI values, over the TOML file's `[section]` (or top-level) keys, over the defaults."""
-    from click.core import ParameterSource
-
-    params = dict(ctx.params)
-    config_file = _read_toml(params.pop("config", None))
-    file_values = config_file.get(section, config_file)
-    unknown = set(file_values) - fields
-    if unknown:
-        raise ConfigError(
-            f"unknown keys in the config file: {sorted(unknown)}; valid: {sorted(fields)}"
-        )
-    merged = {}
-    for name in fields:
-        explicit = ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-        if name in file_values and not explicit:
-            merged[name] = file_values[name]
-        elif name in params:
-            merged[name] = params[name]
-    return merged
-
-
 def _parse_value(text: str) -> object:
     try:
         return json.loads(text)
@@ -171,26 +157,7 @@ def _print_registry(registry, as_json: bool) -> None:
 
 
 @cli.command("train")
-@click.option("--model", default="lenet5", show_default=True, help="A name from `models list`.")
-@click.option("--data", default="digits", show_default=True, help="A name from `data list`.")
-@click.option("--data-root", default=None, help="Directory for file-based datasets.")
-@click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--out", default="runs/train", show_default=True, help="Output directory.")
-@click.option("--compress", default=None, help="e.g. tt:ranks=8, tt:eps=0.1, meta:groups=4")
-@click.option("--init-from", default=None, help="Start from this checkpoint's model and weights.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--lr", type=float, default=None, help="Default 0.05 (sgd) / 1e-3 (adam).")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option(
-    "--schedule", type=click.Choice(["cosine", "step", "none"]), default="cosine", show_default=True
-)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--augment/--no-augment", default=None, help="Default: on for 32x32 RGB.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
-@click.option("--nproc", default=1, show_default=True, type=int, help="DDP processes.")
+@click_options(TrainConfig)
 @click.option(
     "--model-arg",
     "model_args",
@@ -198,39 +165,21 @@ def _print_registry(registry, as_json: bool) -> None:
     metavar="KEY=VALUE",
     help="Extra model builder argument (repeatable), e.g. width=0.25.",
 )
-@click.option(
-    "--prune",
-    type=click.Choice(["relevance"]),
-    default=None,
-    help="Filter pruning during training (relevance statistics with dummy filters).",
-)
-@click.option(
-    "--prune-target",
-    default=0.6,
-    show_default=True,
-    type=float,
-    help="Filter sparsity to reach with --prune.",
-)
-@click.option("--quiet", is_flag=True)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train_command(ctx: click.Context, **_: object) -> None:
     """Train a zoo model (optionally compressed) and write checkpoints and metrics."""
-    from dataclasses import fields
+    from kompakt.train import fit
 
-    from kompakt.train import TrainConfig, fit
-
-    names = {f.name for f in fields(TrainConfig)} | {"model_args"}
-    values = _merge_config(ctx, "train", names)
-    model_kwargs = {}
-    for item in values.pop("model_args", ()) or ():
+    config = config_from(ctx, TrainConfig, "train")
+    model_kwargs = dict(config.model_kwargs)
+    for item in ctx.params.get("model_args") or ():
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
         model_kwargs[key] = _parse_value(value)
-    values["model_kwargs"] = {**values.get("model_kwargs", {}), **model_kwargs}
-    result = fit(TrainConfig(**values))
+    result = fit(dataclasses.replace(config, model_kwargs=model_kwargs))
     if ctx.params.get("as_json"):
         click.echo(json.dumps(result, indent=2))
     else:
@@ -276,31 +225,16 @@ def prune_command(
 
 
 @cli.command("search")
-@click.option("--space", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
-@click.option("--data", default="digits", show_default=True)
-@click.option("--data-root", default=None)
-@click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--out", default="runs/search", show_default=True)
-@click.option("--width", default=64, show_default=True, type=int)
-@click.option("--nodes", default=3, show_default=True, type=int)
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--lr", default=0.01, show_default=True, type=float)
-@click.option("--arch-lr", default=3e-3, show_default=True, type=float)
-@click.option(
-    "--prior", type=click.Choice(["dirichlet", "none"]), default="dirichlet", show_default=True
-)
-@click.option("--prior-weight", default=0.01, show_default=True, type=float)
-@click.option("--alpha", default=0.5, show_default=True, type=float)
-@click.option("--size-penalty", default=0.0, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--quiet", is_flag=True)
+@click_options(SearchConfig)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True)
-def search_command(as_json: bool, **opts: object) -> None:
+@click.pass_context
+def search_command(ctx: click.Context, **_: object) -> None:
     """Search a cell architecture (first-order DARTS); writes OUT/searched.pt to retrain."""
-    from kompakt.search import SearchConfig, search
+    from kompakt.search import search
 
-    result = search(SearchConfig(**opts))
-    if as_json:
+    result = search(config_from(ctx, SearchConfig, "search"))
+    if ctx.params["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
     edges = ", ".join(f"{e['from']}->{e['to']}: {e['op']}" for e in result["genotype"]["edges"])
@@ -329,38 +263,15 @@ def inspect_command(path: str, as_json: bool) -> None:
 @cli.command("export")
 @click.argument("ckpt", type=click.Path())
 @click.option("-o", "--output", "output", required=True, help="The .onnx file to write.")
-@click.option("--opset", default=20, show_default=True, type=click.IntRange(17, 23))
-@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed N.")
-@click.option("--max-batch", default=256, show_default=True, type=int)
-@click.option(
-    "--tt-mode", type=click.Choice(["auto", "factored", "dense"]), default="auto", show_default=True
-)
-@click.option(
-    "--simplify",
-    type=click.Choice(["onnxslim", "onnxsim", "none"]),
-    default="onnxslim",
-    show_default=True,
-)
-@click.option("--fc-to-conv", is_flag=True, help="Head as convolutions (any image size).")
-@click.option("--check/--no-check", default=True, show_default=True)
-@click.option("--rtol", default=1e-4, show_default=True, type=float)
+@click_options(ExportConfig)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def export_command(ctx: click.Context, ckpt: str, output: str, **_: object) -> None:
     """Export a checkpoint to ONNX (standard ops only), verified against PyTorch."""
-    from dataclasses import fields
+    from kompakt.export import export_checkpoint
 
-    from kompakt.export import ExportConfig, export_onnx
-
-    values = _merge_config(ctx, "export", {f.name for f in fields(ExportConfig)})
-    batch = values.get("batch", "dynamic")
-    if batch != "dynamic":
-        try:
-            values["batch"] = int(batch)
-        except ValueError:
-            raise ConfigError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
-    report = export_onnx(ckpt, output, ExportConfig(**values))
+    report = export_checkpoint(ckpt, output, config_from(ctx, ExportConfig, "export"))
     click.echo(
         json.dumps(report.to_dict(), indent=2) if ctx.params["as_json"] else report.summary()
     )
@@ -382,55 +293,18 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 @cli.command("deploy")
 @click.argument("model", type=click.Path(), required=False)
 @click.option("-o", "--output", "output", help="The bundle directory to write.")
-@click.option("--backend", default="onnxruntime", show_default=True, help="See --list-backends.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
-)
-@click.option("--calib-data", default=None, help="Dataset for INT8 calibration (train split).")
-@click.option("--data-root", default=None, help="Directory for file-based datasets.")
-@click.option("--calib-samples", default=256, show_default=True, type=int)
-@click.option(
-    "--calib-method",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
-    default="minmax",
-    show_default=True,
-)
-@click.option(
-    "--int8-scheme",
-    type=click.Choice(["portable", "full-range"]),
-    default="portable",
-    show_default=True,
-    help="INT8 weights: portable (7-bit, exact on every CPU) or full-range (8-bit, faster "
-    "on VNNI/AMX CPUs; refused at load on x86 CPUs without VNNI).",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=float,
-    default=None,
-    help="INT8: keep sensitive layers in float until the drop (points) is within this.",
-)
-@click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
-@click.option("--threads", type=int, default=None)
-@click.option(
-    "--opt-level",
-    type=click.Choice(["basic", "all"]),
-    default="basic",
-    show_default=True,
-    help="onnxruntime: basic = portable artefact.",
-)
-@click.option("--ort-format", is_flag=True, help="onnxruntime: save the .ort format.")
-@click.option("--min-batch", default=1, show_default=True, type=int)
-@click.option("--opt-batch", default=None, type=int)
-@click.option("--max-batch", default=None, type=int)
-@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click_options(DeployConfig)
+@click_options(BuildOptions)
 @click.option("--list-backends", is_flag=True, help="List backends, their precisions, status.")
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True)
-def deploy_command(model: str | None, output: str | None, **opts: object) -> None:
+@click.pass_context
+def deploy_command(ctx: click.Context, model: str | None, output: str | None, **_: object) -> None:
     """Build a bundle (engine + manifest) from an ONNX model for one backend and precision."""
-    from kompakt.deploy import BuildOptions, DeployConfig, build_bundle, list_backends
+    from kompakt.deploy import build_bundle, list_backends
 
-    as_json = opts.pop("as_json")
-    if opts.pop("list_backends"):
+    as_json = ctx.params["as_json"]
+    if ctx.params["list_backends"]:
         rows = list_backends()
         if as_json:
             click.echo(json.dumps(rows, indent=2))
@@ -441,9 +315,8 @@ def deploy_command(model: str | None, output: str | None, **opts: object) -> Non
         return
     if model is None or output is None:
         raise ConfigError("kompakt deploy needs MODEL.onnx and -o BUNDLE_DIR")
-    build_names = {"threads", "opt_level", "ort_format", "min_batch", "opt_batch", "max_batch"}
-    options = BuildOptions(**{k: opts.pop(k) for k in build_names})
-    manifest = build_bundle(model, output, DeployConfig(**opts), options)
+    config, options = config_from(ctx, (DeployConfig, BuildOptions), "deploy")
+    manifest = build_bundle(model, output, config, options)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
@@ -507,17 +380,7 @@ def predict_command(
 
 @cli.command("bench")
 @click.argument("bundles", nargs=-1, type=click.Path())
-@click.option("--batch", "batches", default="1,8,32", show_default=True)
-@click.option("--warmup-s", default=1.0, show_default=True, type=float)
-@click.option("--min-runs", default=50, show_default=True, type=int)
-@click.option("--duration-s", default=3.0, show_default=True, type=float)
-@click.option("--threads", default=None, type=int)
-@click.option("--data", default=None, help="Dataset for accuracy through the engine.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--data-root", default=None)
-@click.option("--ckpt", default=None, help="Checkpoint for PyTorch-vs-engine parity.")
-@click.option("--rounds", default=2, show_default=True, type=int)
-@click.option("--report", default=None, help="Directory for results.json, report.md, CSV, PNGs.")
+@click_options(BenchConfig)
 @click.option(
     "--compare",
     nargs=2,
@@ -526,22 +389,17 @@ def predict_command(
     help="OLD.json NEW.json: print regressions, exit 1 if any.",
 )
 @click.option("--threshold", default=0.10, show_default=True, type=float)
-@click.option("--quiet", is_flag=True)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_command(
-    bundles: tuple[str, ...],
-    batches: str,
-    compare: tuple[str, str] | None,
-    threshold: float,
-    as_json: bool,
-    **opts: object,
-) -> None:
+@click.pass_context
+def bench_command(ctx: click.Context, bundles: tuple[str, ...], **_: object) -> None:
     """Measure bundles side by side: latency, memory, size, accuracy, parity."""
     from kompakt.runtime_bench.bench import compare as compare_results
-    from kompakt.runtime_bench.bench import run
+    from kompakt.runtime_bench.bench import run_config
 
+    compare, threshold = ctx.params["compare"], ctx.params["threshold"]
     if compare:
-        old, new = (json.loads(Path(p).read_text()) for p in compare)
+        old, new = (_read_results(p) for p in compare)
         regressions = compare_results(old, new, threshold)
         for line in regressions:
             click.echo(f"REGRESSION {line}")
@@ -549,14 +407,25 @@ def bench_command(
             sys.exit(1)
         click.echo(f"no regressions beyond {threshold:.0%}")
         return
-    batch_list = tuple(int(b) for b in _int_list(batches, "batch") or (1,))
-    results = run(list(bundles), batch_list, **opts)
-    if as_json:
+    results = run_config(list(bundles), config_from(ctx, BenchConfig, "bench"))
+    if ctx.params["as_json"]:
         click.echo(json.dumps(results, indent=2))
         return
     from kompakt.runtime_bench.report import render_markdown
 
     click.echo(render_markdown(results))
+
+
+def _read_results(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"results file {path} does not exist (kompakt bench --report DIR "
+            "writes DIR/results.json)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read results file {path}: {error}") from None
 
 
 @cli.command("pipeline")

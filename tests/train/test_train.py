@@ -188,4 +188,5 @@ def test_config_file_with_unknown_key(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("epochz = 3\n")
     proc = kompakt("train", "--config", str(config), "--out", str(tmp_path / "x"))
-    assert proc.returncode == 1 and "unknown keys in the config file: ['epochz']" in proc.stderr
+    assert proc.returncode == 1
+    assert "unknown keys in the config file's [train]: ['epochz']" in proc.stderr

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
+from kompakt.options import opt
 from kompakt.runtime.backends import RUNNERS, BackendUnavailable
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
@@ -43,19 +45,45 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 @dataclass(frozen=True)
 class DeployConfig:
-    """The options of `kompakt deploy`, same names."""
+    """The options of `kompakt deploy`; field names are the CLI option and TOML key names."""
 
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    calib_data: str | None = None  # dataset name; default: the one in the ONNX metadata
-    data_root: str | None = None
-    calib_samples: int = 256
-    calib_method: str = "minmax"
-    int8_scheme: str = "portable"  # portable: exact on every CPU; full-range: needs VNNI on x86
-    max_accuracy_drop: float | None = None  # points of top-1 accuracy
-    eval_samples: int = 1000
-    ckpt: str | None = None
-    force: bool = False
+    backend: str = opt("onnxruntime", "A name from `kompakt deploy --list-backends`.")
+    precision: Literal["fp32", "fp16", "int8"] = opt("fp32", "Engine precision.")
+    calib_data: str | None = opt(
+        None, "Dataset for INT8 calibration (train split) and validation; default: the model's."
+    )
+    data_root: str | None = opt(None, "Directory for file-based datasets.")
+    calib_samples: int = opt(256, "INT8 calibration samples.")
+    calib_method: Literal["minmax", "entropy", "percentile"] = opt(
+        "minmax", "INT8 calibration method."
+    )
+    int8_scheme: Literal["portable", "full-range"] = opt(
+        "portable",
+        "INT8 weights: portable (7-bit, exact on every CPU) or full-range (8-bit, faster on "
+        "VNNI/AMX CPUs; refused at load on x86 CPUs without VNNI).",
+    )
+    max_accuracy_drop: float | None = opt(
+        None, "INT8: keep sensitive layers in float until the drop (points) is within this."
+    )
+    eval_samples: int = opt(1000, "Validation samples for the recorded accuracy and parity.")
+    ckpt: str | None = opt(None, "Checkpoint for PyTorch-vs-engine parity.")
+    force: bool = opt(False, "Replace an existing bundle.")
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("calib_samples", "eval_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.calib_method not in ("minmax", "entropy", "percentile"):
+            raise ConfigError(
+                f"calib_method must be minmax, entropy or percentile, got {self.calib_method!r}"
+            )
+        if self.int8_scheme not in ("portable", "full-range"):
+            raise ConfigError(
+                f"int8_scheme must be 'portable' or 'full-range', got {self.int8_scheme!r}"
+            )
 
 
 def _tensor_entries(values) -> list[dict]:

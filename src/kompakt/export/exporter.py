@@ -19,6 +19,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ from kompakt.export.trt_lint import lint_trt
 from kompakt.layers import CompressedLayer
 from kompakt.metrics import parity
 from kompakt.models.common import set_submodule
+from kompakt.options import opt
 from kompakt.runtime.preprocessing import Preprocessing
 
 TT_MODES = ("auto", "factored", "dense")
@@ -45,42 +47,50 @@ class ExportError(KompaktError):
     """The exported graph failed a check (parity, symbolic batch, checker)."""
 
 
+def parse_batch(text: str) -> str | int:
+    """'dynamic' or a whole number (the --batch option)."""
+    if text == "dynamic":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"batch must be 'dynamic' or an integer, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class ExportConfig:
-    """The options of `kompakt export`, same names.
+    """The options of `kompakt export`; field names are the CLI option and TOML key names."""
 
-    Args:
-        opset: ONNX opset (17..23; torch's exporter targets 18+, lower is version-converted).
-        batch: "dynamic" for a symbolic batch axis, or a fixed batch size.
-        max_batch: largest batch of the dynamic axis (also the batch `auto` plans for).
-        tt_mode: "factored" keeps TT cores in the graph, "dense" materialises each TT layer as a
-            plain Gemm/Conv, "auto" picks per layer by exact multiply-adds at the target batch.
-        simplify: "onnxslim", "onnxsim" or "none".
-        fc_to_conv: rewrite the Flatten -> Linear head as convolutions (dynamic H and W).
-        check: run the checks (parity, reference evaluator, TensorRT lint).
-        rtol: parity tolerance, relative to the largest reference output magnitude.
-    """
+    opset: int = opt(20, "ONNX opset (17..23; torch's exporter targets 18+).")
+    batch: str | int = opt(
+        "dynamic", "'dynamic' (symbolic batch axis) or a fixed N.", parse=parse_batch
+    )
+    max_batch: int = opt(256, "Largest batch of the dynamic axis (and the batch auto plans for).")
+    tt_mode: Literal["auto", "factored", "dense"] = opt(
+        "auto", "Compressed layers: cores in the graph, dense weights, or the cheaper per layer."
+    )
+    simplify: Literal["onnxslim", "onnxsim", "none"] = opt("onnxslim", "Graph simplifier.")
+    fc_to_conv: bool = opt(False, "Head as convolutions (any image size).")
+    check: bool = opt(True, "Run the checks (parity, reference evaluator, TensorRT lint).")
+    rtol: float = opt(1e-4, "Parity tolerance, relative to the largest reference output.")
 
-    opset: int = 20
-    batch: str | int = "dynamic"
-    max_batch: int = 256
-    tt_mode: str = "auto"
-    simplify: str = "onnxslim"
-    fc_to_conv: bool = False
-    check: bool = True
-    rtol: float = 1e-4
-
-    def validate(self) -> None:
-        if not 17 <= self.opset <= 23:
+    def __post_init__(self) -> None:
+        if not isinstance(self.opset, int) or not 17 <= self.opset <= 23:
             raise ConfigError(f"opset must be in 17..23, got {self.opset}")
         if self.tt_mode not in TT_MODES:
             raise ConfigError(f"tt_mode must be one of {TT_MODES}, got {self.tt_mode!r}")
         if self.simplify not in SIMPLIFIERS:
             raise ConfigError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
-        if self.batch != "dynamic" and not (isinstance(self.batch, int) and self.batch >= 1):
+        batch_ok = isinstance(self.batch, int) and not isinstance(self.batch, bool)
+        if self.batch != "dynamic" and not (batch_ok and self.batch >= 1):
             raise ConfigError(f"batch must be 'dynamic' or an integer >= 1, got {self.batch!r}")
         if not isinstance(self.max_batch, int) or self.max_batch < 2:
             raise ConfigError(f"max_batch must be an integer >= 2, got {self.max_batch!r}")
+        if not self.rtol > 0:
+            raise ConfigError(f"rtol must be > 0, got {self.rtol}")
+
+    def validate(self) -> None:
+        """Kept for callers of the older API: validation now happens at construction."""
 
     @property
     def target_batch(self) -> int:

@@ -7,24 +7,43 @@ whose key is unchanged and whose outputs exist, unless force=True.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from kompakt import __version__
+from kompakt import __version__, options
+from kompakt._io import atomic_write_text
 from kompakt.errors import ConfigError
 
-KNOWN = {
-    "pipeline": {"out", "data", "data_root", "epochs", "batch_size", "seed", "optimizer", "lr"},
-    "model": {"name", "model", "model_kwargs", "compress", "init_from", "epochs", "lr"},
-    "export": {"tt_mode", "max_batch", "opset", "simplify"},
-    "deploy": {"calib_samples", "calib_method", "int8_scheme", "targets", "max_accuracy_drop"},
-    "bench": {"batches", "warmup_s", "min_runs", "duration_s", "rounds", "threads"},
-}
+# [[models]] keys besides TrainConfig's own: the entry's name
+MODEL_KEYS = {"name"}
+# a deploy target: the backend and precision, optional = true to skip it where unavailable, and
+# any DeployConfig field to override [deploy] for this target
+TARGET_KEYS = {"optional"}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole pipeline: one config per stage, each the dataclass its command takes.
+
+    [pipeline] holds TrainConfig defaults for every model (out is the pipeline's root); each
+    [[models]] entry is a name plus TrainConfig overrides (init_from names an earlier model);
+    [export] is an ExportConfig, [deploy] a DeployConfig plus `targets`, [bench] a BenchConfig.
+    """
+
+    out: str
+    train: dict  # TrainConfig keys shared by every model
+    models: list[dict]
+    export: dict
+    deploy: dict
+    targets: list[dict]
+    bench: dict
 
 
 @dataclass
@@ -39,7 +58,8 @@ class StageLog:
 
 
 def load_config(path: str | Path | None) -> dict:
-    """The TOML config (the packaged default when `path` is None), checked for unknown keys."""
+    """The TOML config (the packaged default when `path` is None), every section checked
+    against the dataclass its stage takes (unknown keys and wrong types refused)."""
     from kompakt._io import parse_toml
 
     if path is None:
@@ -50,18 +70,41 @@ def load_config(path: str | Path | None) -> dict:
         except OSError as error:
             raise ConfigError(f"cannot read pipeline config {path}: {error.strerror}") from None
     config = parse_toml(text, f"pipeline config {path or 'default'}")
-    for section in ("pipeline", "export", "deploy", "bench"):
-        unknown = set(config.get(section, {})) - KNOWN[section]
-        if unknown:
-            raise ConfigError(f"unknown keys in [{section}]: {sorted(unknown)}")
+    parse_config(config)
+    return config
+
+
+def parse_config(config: dict) -> PipelineConfig:
+    """Check a pipeline config dict against the stage dataclasses; return it typed."""
+    from kompakt.deploy import BuildOptions, DeployConfig
+    from kompakt.export import ExportConfig
+    from kompakt.runtime_bench.bench import BenchConfig
+    from kompakt.train import TrainConfig
+
+    known = {"pipeline", "models", "export", "deploy", "bench"}
+    unknown = set(config) - known
+    if unknown:
+        raise ConfigError(f"unknown sections {sorted(unknown)}; valid: {sorted(known)}")
+    pipe = dict(config.get("pipeline", {}))
+    out = pipe.pop("out", "runs/pipeline")
+    options.build(TrainConfig, pipe, "[pipeline]")
     models = config.get("models", [])
     if not models:
         raise ConfigError("the pipeline config needs at least one [[models]] entry")
     for entry in models:
-        unknown = set(entry) - KNOWN["model"]
-        if unknown or "name" not in entry:
-            raise ConfigError(f"[[models]] entries need 'name' and take {sorted(KNOWN['model'])}")
-    return config
+        if "name" not in entry:
+            raise ConfigError("every [[models]] entry needs a name")
+        options.check_keys(entry, TrainConfig, f"[[models]] {entry['name']!r}", MODEL_KEYS)
+    export = dict(config.get("export", {}))
+    options.build(ExportConfig, export, "[export]")
+    deploy = dict(config.get("deploy", {}))
+    targets = deploy.pop("targets", [{"backend": "onnxruntime", "precision": "fp32"}])
+    options.check_keys(deploy, (DeployConfig, BuildOptions), "[deploy]")
+    for target in targets:
+        options.check_keys(target, DeployConfig, "a [deploy] target", TARGET_KEYS)
+    bench = dict(config.get("bench", {}))
+    options.build(BenchConfig, bench, "[bench]")
+    return PipelineConfig(str(out), pipe, models, export, deploy, targets, bench)
 
 
 def _key(*parts: object) -> str:
@@ -87,76 +130,100 @@ def _stamp(folder: Path, key: str) -> None:
     (folder / "stage.json").write_text(json.dumps({"key": key}) + "\n")
 
 
+@dataclass
+class Step:
+    """One unit of a stage: its label, where its cache stamp lives, the hash of its inputs, the
+    files it must leave, and the work."""
+
+    stage: str
+    label: str
+    stamp_dir: Path
+    key: str
+    outputs: list[Path]
+    work: Callable[[], object]
+
+
+def _run_steps(steps: list[Step], log: StageLog, force: bool) -> None:
+    """Run each step unless its key and outputs say it is already done (the stage cache)."""
+    for step in steps:
+        t0 = time.perf_counter()
+        if _cached(step.stamp_dir, step.key, step.outputs, force):
+            log.add(step.stage, step.label, "cached", time.perf_counter() - t0)
+            continue
+        step.work()
+        _stamp(step.stamp_dir, step.key)
+        log.add(step.stage, step.label, "done", time.perf_counter() - t0)
+
+
 def run_pipeline(
     config_path: str | Path | None = None, out: str | None = None, force: bool = False
 ) -> dict:
     """Run every stage (skipping cached ones); returns the summary and writes summary.json."""
     from kompakt.deploy import BuildOptions, DeployConfig, build_bundle, list_backends
-    from kompakt.export import ExportConfig, export_onnx
-    from kompakt.runtime_bench.bench import run as run_bench
+    from kompakt.export import ExportConfig, export_checkpoint
+    from kompakt.runtime_bench.bench import BenchConfig, run_config
     from kompakt.train import TrainConfig, fit
 
     config = load_config(config_path)
-    pipe = config.get("pipeline", {})
-    root = Path(out or pipe.get("out", "runs/pipeline"))
+    plan = parse_config(config)
+    root = Path(out or plan.out)
     root.mkdir(parents=True, exist_ok=True)
     log = StageLog()
     started = time.perf_counter()
-    checkpoints: dict[str, Path] = {}
 
-    for entry in config["models"]:
+    # train: one step per [[models]] entry, in order (init_from names an earlier one)
+    checkpoints: dict[str, Path] = {}
+    train_defaults = {"epochs": 3, **plan.train}
+    for entry in plan.models:
         name = entry["name"]
         folder = root / "models" / name
         upstream = entry.get("init_from")
         if upstream and upstream not in checkpoints:
             raise ConfigError(f"model {name!r}: init_from {upstream!r} must name an earlier model")
-        settings = {
-            "model": entry.get("model", "lenet5"),
-            "data": pipe.get("data", "digits"),
-            "data_root": pipe.get("data_root"),
-            "epochs": entry.get("epochs", pipe.get("epochs", 3)),
-            "batch_size": pipe.get("batch_size", 64),
-            "seed": pipe.get("seed", 0),
-            "optimizer": pipe.get("optimizer", "sgd"),
-            "lr": entry.get("lr", pipe.get("lr")),
-            "compress": entry.get("compress"),
-            "model_kwargs": entry.get("model_kwargs", {}),
-            "init_from": str(checkpoints[upstream]) if upstream else None,
-        }
-        key = _key("train", settings, _file_hash(checkpoints[upstream]) if upstream else None)
-        ckpt = folder / "best.pt"
-        t0 = time.perf_counter()
-        if _cached(folder, key, [ckpt], force):
-            log.add("train", name, "cached", time.perf_counter() - t0)
-        else:
-            fit(TrainConfig(out=str(folder), quiet=True, **settings))
-            _stamp(folder, key)
-            log.add("train", name, "done", time.perf_counter() - t0)
-        checkpoints[name] = ckpt
+        settings = {**train_defaults, **{k: v for k, v in entry.items() if k != "name"}}
+        settings["init_from"] = str(checkpoints[upstream]) if upstream else None
+        train_config = options.build(
+            TrainConfig, {**settings, "out": str(folder), "quiet": True}, f"model {name!r}"
+        )
+        upstream_hash = _file_hash(checkpoints[upstream]) if upstream else None
+        step = Step(
+            "train",
+            name,
+            folder,
+            _key("train", settings, upstream_hash),
+            [folder / "best.pt"],
+            lambda c=train_config: fit(c),
+        )
+        _run_steps([step], log, force)
+        checkpoints[name] = folder / "best.pt"
 
-    export_settings = {"tt_mode": "auto", "max_batch": 64, **config.get("export", {})}
-    onnx_files: dict[str, Path] = {}
-    for name, ckpt in checkpoints.items():
-        folder = root / "onnx" / name
-        path = folder / "model.onnx"
-        key = _key("export", export_settings, _file_hash(ckpt))
-        t0 = time.perf_counter()
-        if _cached(folder, key, [path], force):
-            log.add("export", name, "cached", time.perf_counter() - t0)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            export_onnx(ckpt, path, ExportConfig(**export_settings))
-            _stamp(folder, key)
-            log.add("export", name, "done", time.perf_counter() - t0)
-        onnx_files[name] = path
+    # export: one step per checkpoint
+    export_config = ExportConfig(**{"tt_mode": "auto", "max_batch": 64, **plan.export})
+    onnx_files = {name: root / "onnx" / name / "model.onnx" for name in checkpoints}
+    _run_steps(
+        [
+            Step(
+                "export",
+                name,
+                path.parent,
+                _key("export", dataclasses.asdict(export_config), _file_hash(ckpt)),
+                [path],
+                lambda c=ckpt, p=path: export_checkpoint(c, p, export_config),
+            )
+            for (name, ckpt), path in zip(checkpoints.items(), onnx_files.values(), strict=True)
+        ],
+        log,
+        force,
+    )
 
-    deploy = config.get("deploy", {})
+    # deploy: one step per (model, target)
     available = {r["name"] for r in list_backends() if r["available"]}
-    targets = deploy.get("targets", [{"backend": "onnxruntime", "precision": "fp32"}])
+    build_keys = {f.name for f in dataclasses.fields(BuildOptions)}
+    steps: list[Step] = []
     bundles: list[Path] = []
     bundle_models: dict[str, str] = {}
     for name, onnx_path in onnx_files.items():
-        for target in targets:
+        for target in plan.targets:
             backend, precision = target["backend"], target.get("precision", "fp32")
             label = f"{name}-{backend}-{precision}"
             if backend not in available:
@@ -167,66 +234,72 @@ def run_pipeline(
                     f"deploy target {backend} is unavailable here (see "
                     "`kompakt deploy --list-backends`); mark it optional = true"
                 )
-            folder = root / "bundles" / label
             settings = {
-                "backend": backend,
-                "precision": precision,
-                "calib_samples": deploy.get("calib_samples", 256),
-                "calib_method": deploy.get("calib_method", "minmax"),
-                "int8_scheme": target.get("int8_scheme", deploy.get("int8_scheme", "portable")),
-                "max_accuracy_drop": deploy.get("max_accuracy_drop"),
-                "calib_data": pipe.get("data"),
-                "data_root": pipe.get("data_root"),
+                "calib_data": plan.train.get("data", "digits"),
+                "data_root": plan.train.get("data_root"),
+                **{k: v for k, v in plan.deploy.items() if k not in build_keys},
+                **{k: v for k, v in target.items() if k != "optional"},
+                "force": True,
             }
-            key = _key("deploy", settings, _file_hash(onnx_path))
-            stamp_dir = root / "bundles" / f".{label}.stage"
-            t0 = time.perf_counter()
-            if _cached(stamp_dir, key, [folder / "kompakt.json"], force):
-                log.add("deploy", label, "cached", time.perf_counter() - t0)
-            else:
-                build_bundle(
-                    onnx_path,
-                    folder,
-                    DeployConfig(force=True, **settings),
-                    BuildOptions(
-                        threads=config.get("bench", {}).get("threads"),
-                        max_batch=export_settings["max_batch"],
+            deploy_config = options.build(DeployConfig, settings, f"deploy target {label}")
+            build_options = BuildOptions(
+                **{
+                    "threads": plan.bench.get("threads"),
+                    "max_batch": export_config.max_batch,
+                    **{k: v for k, v in plan.deploy.items() if k in build_keys},
+                }
+            )
+            folder = root / "bundles" / label
+            steps.append(
+                Step(
+                    "deploy",
+                    label,
+                    root / "bundles" / f".{label}.stage",
+                    _key(
+                        "deploy", settings, dataclasses.asdict(build_options), _file_hash(onnx_path)
+                    ),
+                    [folder / "kompakt.json"],
+                    lambda o=onnx_path, f=folder, c=deploy_config, b=build_options: build_bundle(
+                        o, f, c, b
                     ),
                 )
-                _stamp(stamp_dir, key)
-                log.add("deploy", label, "done", time.perf_counter() - t0)
+            )
             bundles.append(folder)
             bundle_models[folder.name] = name
+    _run_steps(steps, log, force)
 
-    bench = {
-        "batches": [1, 32],
-        "warmup_s": 0.5,
-        "min_runs": 50,
-        "duration_s": 2.0,
-        "rounds": 2,
-        "threads": None,
-        **config.get("bench", {}),
-    }
+    # bench: one step over every bundle, interleaved
     report = root / "report"
+    bench_config = BenchConfig(
+        **{
+            "batches": (1, 32),
+            "warmup_s": 0.5,
+            "min_runs": 50,
+            "duration_s": 2.0,
+            "rounds": 2,
+            **plan.bench,
+            "data": plan.train.get("data"),
+            "data_root": plan.train.get("data_root"),
+            "report": str(report),
+            "quiet": True,
+        }
+    )
     manifests = [_file_hash(b / "kompakt.json") for b in bundles]
-    key = _key("bench", bench, manifests, pipe.get("data"))
-    t0 = time.perf_counter()
-    if _cached(report, key, [report / "results.json"], force):
-        results = json.loads((report / "results.json").read_text())
-        log.add("bench", "all bundles", "cached", time.perf_counter() - t0)
-    else:
-        batches = tuple(bench.pop("batches"))
-        results = run_bench(
-            bundles,
-            batches,
-            data=pipe.get("data"),
-            data_root=pipe.get("data_root"),
-            report=report,
-            quiet=True,
-            **bench,
-        )
-        _stamp(report, key)
-        log.add("bench", "all bundles", "done", time.perf_counter() - t0)
+    _run_steps(
+        [
+            Step(
+                "bench",
+                "all bundles",
+                report,
+                _key("bench", dataclasses.asdict(bench_config), manifests),
+                [report / "results.json"],
+                lambda: run_config(bundles, bench_config),
+            )
+        ],
+        log,
+        force,
+    )
+    results = json.loads((report / "results.json").read_text())
 
     summary = summarise(results, checkpoints, bundle_models)
     out_summary = {
@@ -236,7 +309,7 @@ def run_pipeline(
         "wall_s": round(time.perf_counter() - started, 1),
         "out": str(root),
     }
-    (root / "summary.json").write_text(json.dumps(out_summary, indent=2, default=str) + "\n")
+    atomic_write_text(root / "summary.json", json.dumps(out_summary, indent=2, default=str) + "\n")
     return out_summary
 
 

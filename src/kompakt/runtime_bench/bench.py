@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -22,12 +23,58 @@ import numpy as np
 from kompakt import __version__, metrics
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
+from kompakt.options import opt
 from kompakt.runtime import load
 from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
 from kompakt.runtime_bench.metrics import METRICS, BundleResult, measure_all, measured
 
 CV_WARNING = 0.10
+
+
+def parse_batches(text: str | tuple | list) -> tuple[int, ...]:
+    """'1,8,32' (or a list) -> (1, 8, 32)."""
+    items = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
+    try:
+        batches = tuple(int(b) for b in items if b != "")
+    except (TypeError, ValueError):
+        raise ConfigError(f"batches must be whole numbers like 1,8,32, got {text!r}") from None
+    if not batches or any(b < 1 for b in batches):
+        raise ConfigError(f"batches must be whole numbers >= 1, got {text!r}")
+    return batches
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The options of `kompakt bench`; field names are the CLI option and TOML key names."""
+
+    batches: tuple[int, ...] | str = opt(
+        (1, 8, 32), "Batch sizes, e.g. 1,8,32.", parse=parse_batches
+    )
+    warmup_s: float = opt(1.0, "Warm-up seconds per worker before timing.")
+    min_runs: int = opt(50, "Timed runs per batch at least (split over the rounds).")
+    duration_s: float = opt(3.0, "Timed seconds per batch (split over the rounds).")
+    threads: int | None = opt(None, "Intra-op threads of every engine.")
+    data: str | None = opt(None, "Dataset for accuracy through the engine.")
+    split: str = opt("test", "Split of --data.")
+    data_root: str | None = opt(None, "Directory for file-based datasets.")
+    ckpt: str | None = opt(None, "Checkpoint for PyTorch-vs-engine parity.")
+    rounds: int = opt(2, "Interleaved rounds (A B A B ...).")
+    report: str | None = opt(None, "Directory for results.json, report.md, CSV and PNGs.")
+    quiet: bool = opt(False, "No progress bar.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", parse_batches(self.batches))
+        if self.rounds < 1 or self.min_runs < 1:
+            raise ConfigError("rounds and min_runs must be >= 1")
+        if self.warmup_s < 0 or self.duration_s <= 0:
+            raise ConfigError("warmup_s must be >= 0 and duration_s > 0")
+
+
+def run_config(bundles: list[str | Path], config: BenchConfig) -> dict:
+    """`run` with a BenchConfig."""
+    options = dataclasses.asdict(config)
+    return run(bundles, **options)
 
 
 def results_schema() -> dict:

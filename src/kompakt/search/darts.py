@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,27 +25,36 @@ from tqdm import tqdm
 from kompakt.data import load_dataset
 from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import make_checkpoint, save_checkpoint
+from kompakt.options import opt
 from kompakt.search.space import SearchedNet, SuperNet
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    space: str = "mlp"
-    data: str = "digits"
-    data_root: str | None = None
-    epochs: int = 10
-    out: str = "runs/search"
-    width: int = 64
-    nodes: int = 3
-    batch_size: int = 64
-    lr: float = 0.01
-    arch_lr: float = 3e-3
-    prior: str = "dirichlet"  # dirichlet | none
-    prior_weight: float = 0.01  # lambda
-    alpha: float = 0.5  # Dirichlet concentration (< 1 favours one-hot)
-    size_penalty: float = 0.0  # mu
-    seed: int = 0
-    quiet: bool = False
+    """The options of `kompakt search`; field names are the CLI option names."""
+
+    space: Literal["mlp", "conv"] = opt("mlp", "Search space of the cell's edges.")
+    data: str = opt("digits", "A name from `kompakt data list`.")
+    data_root: str | None = opt(None, "Directory for file-based datasets.")
+    epochs: int = opt(10, "Search epochs.")
+    out: str = opt("runs/search", "Output directory.")
+    width: int = opt(64, "Channels / features of the cell.")
+    nodes: int = opt(3, "Nodes of the cell.")
+    batch_size: int = opt(64, "Batch size.")
+    lr: float = opt(0.01, "Learning rate of the weights.")
+    arch_lr: float = opt(3e-3, "Learning rate of the structure parameters.")
+    prior: Literal["dirichlet", "none"] = opt("dirichlet", "Prior on the edge weights.")
+    prior_weight: float = opt(0.01, "Weight of the prior (lambda).")
+    alpha: float = opt(0.5, "Dirichlet concentration (< 1 favours one-hot edges).")
+    size_penalty: float = opt(0.0, "Weight of the parameter-count penalty (mu).")
+    seed: int = opt(0, "Seed.")
+    quiet: bool = opt(False, "No progress output.")
+
+    def __post_init__(self) -> None:
+        if self.prior not in ("dirichlet", "none"):
+            raise ConfigError(f"prior must be 'dirichlet' or 'none', got {self.prior!r}")
+        if self.epochs < 1 or self.nodes < 1 or self.width < 1 or self.batch_size < 1:
+            raise ConfigError("epochs, nodes, width and batch_size must be >= 1")
 
 
 def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

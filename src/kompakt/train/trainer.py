@@ -14,8 +14,9 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from kompakt.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from kompakt.options import opt
 from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
 
 
@@ -40,30 +42,56 @@ class TrainingDivergedError(KompaktError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `kompakt train` takes; field names equal the CLI option names."""
+    """Everything `kompakt train` takes; field names are the CLI option and TOML key names."""
 
-    model: str = "lenet5"
-    data: str = "digits"
-    epochs: int = 10
-    out: str = "runs/train"
-    data_root: str | None = None
-    model_kwargs: dict = field(default_factory=dict)
-    compress: str | None = None  # "tt:ranks=8", "tt:eps=0.1", "meta:groups=4"
-    init_from: str | None = None
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float | None = None  # default 0.05 (sgd) / 1e-3 (adam)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | none
-    label_smoothing: float = 0.0
-    augment: bool | None = None  # default: crop + flip for 32x32 RGB
-    batch_size: int = 64
-    seed: int = 0
-    resume: bool = False
-    nproc: int = 1
-    quiet: bool = False
-    prune: str | None = None  # "relevance": filter pruning during training
-    prune_target: float = 0.6  # overall filter sparsity to reach
+    model: str = opt("lenet5", "A name from `kompakt models list`.")
+    data: str = opt("digits", "A name from `kompakt data list`.")
+    epochs: int = opt(10, "Epochs to train (with --resume: the total, counting the done ones).")
+    out: str = opt("runs/train", "Output directory.")
+    data_root: str | None = opt(None, "Directory for file-based datasets.")
+    model_kwargs: dict = opt(factory=dict, cli=False)  # the CLI spells these --model-arg K=V
+    compress: str | None = opt(None, "e.g. tt:ranks=8, tt:eps=0.1, meta:groups=4")
+    init_from: str | None = opt(None, "Start from this checkpoint's model and weights.")
+    optimizer: Literal["sgd", "adam"] = opt("sgd", "Optimiser.")
+    lr: float | None = opt(None, "Learning rate; default 0.05 (sgd) / 1e-3 (adam).")
+    momentum: float = opt(0.9, "SGD momentum.")
+    weight_decay: float = opt(5e-4, "L2 weight decay.")
+    schedule: Literal["cosine", "step", "none"] = opt("cosine", "Learning-rate schedule.")
+    label_smoothing: float = opt(0.0, "Label smoothing for classification.")
+    augment: bool | None = opt(None, "Random crop + flip; default on for 32x32 RGB.")
+    batch_size: int = opt(64, "Global batch size.")
+    seed: int = opt(0, "Seed of shuffling, augmentation, dropout and init.")
+    resume: bool = opt(False, "Continue from OUT/last.pt.")
+    nproc: int = opt(1, "DistributedDataParallel processes.")
+    quiet: bool = opt(False, "No progress output.")
+    prune: Literal["relevance"] | None = opt(
+        None, "Filter pruning during training (relevance statistics with dummy filters)."
+    )
+    prune_target: float = opt(0.6, "Filter sparsity to reach with --prune.")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "nproc"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step", "none"):
+            raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {self.schedule!r}")
+        if self.prune not in (None, "relevance"):
+            raise ConfigError(
+                f"train --prune takes 'relevance' (pruning during training); for l1/euclidean "
+                f"use `kompakt prune`, got {self.prune!r}"
+            )
+        if self.prune and self.nproc > 1:
+            raise ConfigError("--prune relevance runs in one process; drop --nproc")
+        if self.batch_size % self.nproc:
+            raise ConfigError(
+                f"batch_size={self.batch_size} must be divisible by nproc={self.nproc} (the "
+                "global batch is split evenly across processes)"
+            )
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
 
 
 def parse_compress(text: str) -> object:
@@ -176,25 +204,6 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {config.schedule!r}")
 
 
-def _validate(config: TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "nproc"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    if config.prune not in (None, "relevance"):
-        raise ConfigError(
-            f"train --prune takes 'relevance' (pruning during training); for l1/euclidean use "
-            f"`kompakt prune`, got {config.prune!r}"
-        )
-    if config.prune and config.nproc > 1:
-        raise ConfigError("--prune relevance runs in one process; drop --nproc")
-    if config.batch_size % config.nproc:
-        raise ConfigError(
-            f"batch_size={config.batch_size} must be divisible by nproc={config.nproc} (the "
-            "global batch is split evenly across processes)"
-        )
-
-
 class TrainHook:
     """Something the training loop calls at fixed points (pruning, logging, tests, a user's
     schedule). Override what you need; every method does nothing by default."""
@@ -237,7 +246,6 @@ def fit(config: TrainConfig, hooks: Sequence[TrainHook] = ()) -> dict:
     Returns:
         a summary: paths, epochs run, best and final validation metrics, test metrics.
     """
-    _validate(config)
     if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if hooks:
             raise ConfigError("hooks run in one process; use nproc=1 with hooks")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from kompakt.errors import ConfigError
+from kompakt.options import opt
 from kompakt.registry import Registry
 
 BACKENDS: Registry = Registry("backend")
@@ -31,18 +33,26 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Backend options shared by `kompakt deploy` and `build_bundle`."""
+    """Backend options shared by `kompakt deploy` and `build_bundle` (CLI names = fields)."""
 
-    threads: int | None = None
-    opt_level: str = "basic"  # onnxruntime: basic (portable artefact) | all (this machine only)
-    ort_format: bool = False
-    min_batch: int = 1
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    device_id: int = 0
-    workspace_mib: int = 2048
-    builder_optimization_level: int = 3
-    rebuild_if_stale: bool = False
+    threads: int | None = opt(None, "Intra-op threads of the engine (default: the runtime's).")
+    opt_level: Literal["basic", "all"] = opt(
+        "basic", "onnxruntime: basic = portable artefact; all = this machine only."
+    )
+    ort_format: bool = opt(False, "onnxruntime: save the .ort format.")
+    min_batch: int = opt(1, "Smallest batch of the engine's profile.")
+    opt_batch: int | None = opt(None, "Batch the engine is tuned for (GPU profiles).")
+    max_batch: int | None = opt(None, "Largest batch the engine accepts.")
+    device_id: int = opt(0, "CUDA device (GPU backends).")
+    workspace_mib: int = opt(2048, "TensorRT builder workspace (MiB).")
+    builder_optimization_level: int = opt(3, "TensorRT builder optimisation level (0..5).")
+    rebuild_if_stale: bool = opt(False, "Rebuild a TensorRT plan made for another GPU.")
+
+    def __post_init__(self) -> None:
+        if self.opt_level not in ("basic", "all"):
+            raise ConfigError(f"opt_level must be 'basic' or 'all', got {self.opt_level!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
 @dataclass
