@@ -335,6 +335,25 @@ def deploy_command(ctx: click.Context, model: str | None, output: str | None, **
         click.echo(f"val accuracy: source {acc['fp32_source']}, bundle {acc['bundle']}")
 
 
+@cli.command("verify")
+@click.argument("bundle", type=click.Path())
+@click.option("--backend", default=None, help="Override the bundle's backend.")
+@click.option("--json", "as_json", is_flag=True)
+def verify_command(bundle: str, backend: str | None, as_json: bool) -> None:
+    """Re-run the bundle's golden samples on this machine; exit 1 if they drifted from the
+    build's outputs beyond the tolerance it recorded."""
+    from kompakt.runtime import golden, load
+
+    with load(bundle, backend=backend) as engine:
+        result = engine.verify()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{bundle}: {golden.describe(result)}")
+    if not result["ok"]:
+        sys.exit(1)
+
+
 @cli.command("predict")
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())

@@ -48,6 +48,7 @@ def test_results_follow_the_schema_and_statistics_are_sane(results):
         assert entry["peak_rss_mib"] > entry["baseline_rss_mib"] > 0
         assert entry["create_s"] > 0 and entry["first_inference_s"] > 0
         assert entry["accuracy"]["samples"] == 270 and 0 <= entry["accuracy"]["top1"] <= 1
+        assert entry["golden"]["ok"] and entry["metrics"]["golden_max_rel"] is not None
         assert entry["parity"]["samples"] == 256
     fp32, int8 = out["bundles"]
     assert fp32["parity"]["max_rel"] < 1e-4

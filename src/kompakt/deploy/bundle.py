@@ -35,6 +35,7 @@ from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.options import opt
+from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS, BackendUnavailable
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
@@ -67,12 +68,15 @@ class DeployConfig:
     )
     eval_samples: int = opt(1000, "Validation samples for the recorded accuracy and parity.")
     ckpt: str | None = opt(None, "Checkpoint for PyTorch-vs-engine parity.")
+    golden_samples: int = opt(
+        golden.DEFAULT_SAMPLES, "Validation inputs stored with their FP32 outputs (kompakt verify)."
+    )
     force: bool = opt(False, "Replace an existing bundle.")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("calib_samples", "eval_samples"):
+        for name in ("calib_samples", "eval_samples", "golden_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -144,8 +148,18 @@ def _splits(name: str | None, root: str | None, shape: list, meta: dict) -> dict
     }
 
 
-def _run_batches(run, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([run(x[i : i + batch]) for i in range(0, len(x), batch)])
+def _run_batches(run, x: np.ndarray, batch: int, fixed: bool = False) -> np.ndarray:
+    """Outputs for every row of x in chunks of `batch`; a fixed-batch model gets exactly `batch`
+    rows each time (the last chunk is padded with repeats and trimmed)."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        if fixed and len(chunk) < batch:
+            pad = np.concatenate([chunk] * (batch // len(chunk) + 1))[:batch]
+            outs.append(run(pad)[: len(chunk)])
+        else:
+            outs.append(run(chunk))
+    return np.concatenate(outs)
 
 
 def _versions() -> dict:
@@ -252,6 +266,11 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     else:
         graph_precision = "fp32"  # fp16 on other backends: the backend stores half weights
 
+    batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
+    fixed = isinstance(batch_axis, int) and batch_axis > 0
+    chunk = batch_axis if fixed else min(64, options.max_batch or 64)
+    last: dict = {}
+
     def measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
         artefact = backend.build(graph_path, tmp, precision, options)
         provisional = _manifest(
@@ -268,10 +287,11 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
             shape = [d if isinstance(d, int) and d > 0 else 2 for d in inputs[0]["shape"]]
             x = np.random.default_rng(0).standard_normal([8, *shape[1:]]).astype(np.float32)
         reference = _run_batches(
-            lambda b: reference_session.run(None, {inputs[0]["name"]: b})[0], x, 64
+            lambda b: reference_session.run(None, {inputs[0]["name"]: b})[0], x, chunk, fixed
         )
-        got = _run_batches(runner.run, x, 64)
+        got = _run_batches(runner.run, x, chunk, fixed)
         runner.close()
+        last.update(x=x, reference=reference, got=got)
         parity = {"vs_source_onnx": metrics.parity(reference, got)}
         accuracy = None
         if data is not None:
@@ -321,8 +341,22 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     manifest = _manifest(
         config, options, artefact, meta, inputs, outputs, quantization, graph_precision
     )
-    manifest.update(accuracy=accuracy, parity=parity)
+    manifest.update(accuracy=accuracy, parity=parity, golden=_golden(tmp, config, last))
     return manifest
+
+
+def _golden(tmp: Path, config: DeployConfig, last: dict) -> dict:
+    """Store the first validation inputs with the source graph's FP32 outputs, and the tolerance
+    this build measured, so `kompakt verify` can re-check the numbers anywhere."""
+    count = min(config.golden_samples, len(last["x"]))
+    measured = metrics.parity(last["reference"][:count], last["got"][:count])
+    return {
+        "file": golden.save_golden(tmp, last["x"][:count], last["reference"][:count]),
+        "samples": count,
+        "reference": "the source ONNX graph in FP32 on ONNX Runtime CPU, at build time",
+        "built": {k: measured[k] for k in ("max_abs", "max_rel", "top1_agreement")},
+        "tolerance": golden.tolerance(config.precision, measured, count),
+    }
 
 
 def _quantization_record(result, backend) -> dict:

@@ -14,6 +14,7 @@ from kompakt.runtime.engine import (
     TensorSpec,
     load,
 )
+from kompakt.runtime.golden import GoldenDriftError
 from kompakt.runtime.manifest import BundleError, read_manifest, validate_manifest
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "BackendUnavailableError",
     "BundleError",
     "Engine",
+    "GoldenDriftError",
     "Prediction",
     "TensorSpec",
     "load",

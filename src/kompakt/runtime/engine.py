@@ -21,6 +21,7 @@ from kompakt.errors import (
     ShapeError,
 )
 from kompakt.metrics import class_scores
+from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS
 from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.manifest import BundleError, confined, read_manifest
@@ -178,6 +179,24 @@ class Engine:
             )
         return out
 
+    def verify(self) -> dict:
+        """Re-run the bundle's golden samples here and compare with the build's FP32 outputs.
+
+        Returns:
+            {"ok", "max_abs", "max_rel", "top1_agreement", "samples", "built", "tolerance"};
+            `ok` is False when the drift exceeds the tolerance recorded at build time.
+
+        Raises:
+            BundleError: the bundle carries no golden samples (built by an older kompakt).
+        """
+        record = self.manifest.get("golden")
+        if not record:
+            raise BundleError(
+                f"{self.bundle} has no golden samples (built before kompakt recorded them); "
+                "rebuild it with kompakt deploy to verify it"
+            )
+        return golden.check(self, record)
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
@@ -195,6 +214,21 @@ def load(
     backend: str | None = None,
     threads: int | None = None,
     reject_nan: bool = False,
+    verify: bool = False,
 ) -> Engine:
-    """Load a bundle directory (hashes verified first) and return its Engine."""
-    return Engine(bundle, backend, threads, reject_nan)
+    """Load a bundle directory (hashes verified first) and return its Engine.
+
+    Args:
+        verify: also re-run the golden samples and refuse (GoldenDriftError) when the outputs
+            here drift from the build's beyond the recorded tolerance.
+    """
+    engine = Engine(bundle, backend, threads, reject_nan)
+    if verify:
+        result = engine.verify()
+        if not result["ok"]:
+            engine.close()
+            raise golden.GoldenDriftError(
+                f"{bundle}: {golden.describe(result)}; this machine computes this bundle "
+                "differently from the build machine: rebuild it here (kompakt deploy)"
+            )
+    return engine

@@ -24,7 +24,7 @@ from kompakt import __version__, metrics
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.options import opt
-from kompakt.runtime import load
+from kompakt.runtime import golden, load
 from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
 from kompakt.runtime_bench.metrics import METRICS, BundleResult, measure_all, measured
@@ -205,6 +205,7 @@ def run(
         raise ConfigError("rounds, min_runs and every batch must be >= 1")
     paths = [Path(b) for b in bundles]
     manifests = [read_manifest(p) for p in paths]  # verifies every hash before measuring
+    goldens = [_verify(p, threads) for p in paths]  # the numbers are right here, or we say so
     names = _unique_names(paths)
     samples: dict[tuple[int, int], list[float]] = {}
     per_bundle: list[dict] = [
@@ -252,6 +253,9 @@ def run(
             peak_rss_mib=max(record["peak"]) / 1024 if record["peak"] else None,
             baseline_rss_mib=min(record["baseline"]) / 1024 if record["baseline"] else None,
         )
+        entry.golden = goldens[i]
+        if entry.golden and not entry.golden["ok"]:
+            entry.warnings.append(f"golden samples drifted: {golden.describe(entry.golden)}")
         if entry.peak_rss_mib is not None:
             entry.rss_delta_mib = entry.peak_rss_mib - entry.baseline_rss_mib
         for batch, stats in latency.items():
@@ -301,6 +305,14 @@ def run(
 
         write_report(out, Path(report))
     return out
+
+
+def _verify(path: Path, threads: int | None) -> dict | None:
+    """The bundle's golden-sample check on this machine (None for bundles without them)."""
+    with load(path, threads=threads) as engine:
+        if not engine.manifest.get("golden"):
+            return None
+        return engine.verify()
 
 
 def _random_input(engine) -> np.ndarray:

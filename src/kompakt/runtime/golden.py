@@ -1,0 +1,84 @@
+"""Golden samples: inputs and the source graph's FP32 outputs stored in the bundle at build time,
+re-run wherever the bundle is now. The check that catches "built on one machine, wrong on
+another": a CPU without the INT8 instructions the build had, another ONNX Runtime or OpenVINO
+version, a GPU computing in TF32.
+
+numpy only, like the rest of kompakt.runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kompakt.errors import KompaktError
+from kompakt.metrics import parity
+from kompakt.runtime.manifest import BundleError, confined
+
+GOLDEN_FILE = "golden.npz"
+DEFAULT_SAMPLES = 32
+# the least drift allowed per precision, however exact the build machine was: rounding order
+# differs between kernels and machines even when nothing is wrong
+FLOOR = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2}
+
+
+class GoldenDriftError(KompaktError):
+    """The bundle's outputs here differ from the build's by more than the recorded tolerance."""
+
+
+def tolerance(precision: str, measured: dict, samples: int) -> dict:
+    """What a later run may differ by: 3x the build's own error (never under the precision's
+    floor), and top-1 agreement down by at most two samples' worth."""
+    return {
+        "max_rel": max(3 * measured["max_rel"], FLOOR.get(precision, 1e-4)),
+        "min_top1_agreement": max(0.0, measured["top1_agreement"] - 2.0 / max(samples, 1)),
+    }
+
+
+def save_golden(folder: Path, inputs: np.ndarray, reference: np.ndarray) -> str:
+    """Write golden.npz (inputs + reference outputs) into a bundle being built."""
+    with open(folder / GOLDEN_FILE, "wb") as handle:
+        np.savez_compressed(handle, inputs=inputs, reference=reference)
+    return GOLDEN_FILE
+
+
+def check(engine, record: dict, run_batch: int | None = None) -> dict:
+    """Re-run the golden inputs through `engine` and compare with the stored reference.
+
+    Returns:
+        {"ok", "max_abs", "max_rel", "top1_agreement", "samples", "built", "tolerance"}.
+    """
+    if record["file"] not in engine.manifest["files"]:
+        raise BundleError(
+            f"the golden samples {record['file']!r} are not among the bundle's hashed files; "
+            "rebuild the bundle"
+        )
+    path = confined(engine.bundle, record["file"])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            inputs, reference = data["inputs"], data["reference"]
+    except (OSError, ValueError, KeyError) as error:
+        raise KompaktError(f"cannot read the golden samples {path}: {error}") from None
+    step = max(1, min(run_batch or len(inputs), engine.max_batch or len(inputs)))
+    got = np.concatenate([engine.run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+    result = parity(reference, got)
+    limits = record["tolerance"]
+    result["ok"] = bool(
+        result["max_rel"] <= limits["max_rel"]
+        and result["top1_agreement"] >= limits["min_top1_agreement"]
+    )
+    result["built"] = record.get("built")
+    result["tolerance"] = limits
+    return result
+
+
+def describe(result: dict) -> str:
+    """One line for a person: what was measured against what the build allowed."""
+    limits = result["tolerance"]
+    verdict = "ok" if result["ok"] else "DRIFT"
+    return (
+        f"golden samples: {verdict}: max rel {result['max_rel']:.3g} (allowed "
+        f"{limits['max_rel']:.3g}), top-1 agreement {result['top1_agreement']:.4f} (allowed "
+        f">= {limits['min_top1_agreement']:.4f}) over {result['samples']} samples"
+    )
