@@ -61,7 +61,11 @@ def test_int8_bundle_is_symmetric_qdq_that_passes_the_trt_lint(lenet_onnx, tmp_p
         calib_samples=64,
         calib_method="entropy",
     )
-    graph = onnx.load(out / "model.int8.onnx")
+    manifest = json.loads((out / "kompakt.json").read_text())
+    graph = onnx.load(out / manifest["artifact"])  # the one INT8 graph the bundle ships
+    assert sorted(p.name for p in out.glob("*.onnx")) == sorted(
+        {"model.onnx", manifest["artifact"]}
+    )
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = lint_trt(graph)
@@ -227,3 +231,88 @@ def test_native_tensorrt_bundle(lenet_onnx, tmp_path, precision):
     assert manifest["parity"]["vs_source_onnx"]["top1_agreement"] >= 0.95
     with load(out) as engine:
         assert engine.run(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+
+
+def test_precision_auto_keeps_int8_only_where_it_is_faster_and_accurate(lenet_onnx, tmp_path):
+    out = bundle(lenet_onnx, tmp_path / "auto", precision="auto", calib_data="digits")
+    manifest = json.loads((out / "kompakt.json").read_text())
+    auto = manifest["precision_auto"]
+    int8 = auto["considered"]["int8"]
+    speed = int8["speed_vs_fp32"]
+    assert set(speed) == {"1", "64"}  # batch 1 and the bundle's validation batch
+    faster = all(r >= 1.0 for r in speed.values()) and int8["drop_points"] <= 1.0
+    assert manifest["precision"] == auto["chosen"] == ("int8" if faster else "fp32")
+    assert int8["kept"] == faster
+    with load(out, verify=True) as engine:  # whichever it kept, it is a complete bundle
+        assert engine.run(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["auto"]  # no trial directories left
+
+
+def test_a_slower_int8_bundle_records_and_warns_its_speed(lenet_onnx, tmp_path, monkeypatch):
+    import kompakt.deploy.bundle as bundle_module
+
+    monkeypatch.setattr(
+        bundle_module, "_speed_vs_fp32", lambda *args: {"1": 0.5, "64": 1.2}
+    )  # what a machine where int8 loses at batch 1 measures
+    with pytest.warns(UserWarning, match=r"int8 is slower than fp32 here at batch\(es\) 1"):
+        out = bundle(lenet_onnx, tmp_path / "q", precision="int8", calib_data="digits")
+    manifest = json.loads((out / "kompakt.json").read_text())
+    assert manifest["speed_vs_fp32"] == {"1": 0.5, "64": 1.2}
+    assert manifest["warnings"] and "slower" in manifest["warnings"][0]
+    auto = bundle(lenet_onnx, tmp_path / "a", precision="auto", calib_data="digits")
+    assert json.loads((auto / "kompakt.json").read_text())["precision"] == "fp32"
+
+
+@pytest.fixture(scope="module")
+def tt_onnx(tmp_path_factory):
+    """A TT-compressed model (TT convs rebuilt in-graph, TT-linear chains) on 8x8 inputs."""
+    import torch
+
+    from kompakt.export import export_onnx
+    from kompakt.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("garipov-tt-conv-tt-fc", 10, 1, 8).eval()
+    path = tmp_path_factory.mktemp("tt") / "tt.onnx"
+    export_onnx(model, path, example_input=torch.randn(4, 1, 8, 8))
+    return path
+
+
+def test_tt_bundles_are_never_larger_than_their_onnx_graph(tt_onnx, tmp_path):
+    source = tt_onnx.stat().st_size
+    for backend, precision in CPU_BUILDS:
+        if BACKENDS.get(backend)().unavailable_reason():
+            continue
+        out = bundle(
+            tt_onnx,
+            tmp_path / f"{backend}-{precision}",
+            backend=backend,
+            precision=precision,
+            calib_data="digits",
+            calib_samples=64,
+        )
+        manifest = json.loads((out / "kompakt.json").read_text())
+        artefact = sum(manifest["files"][f]["bytes"] for f in manifest["artifact_files"])
+        assert artefact <= 1.1 * source, (backend, precision, artefact, source)
+        onnx_files = sorted(p.name for p in out.glob("*.onnx"))
+        assert len(onnx_files) <= 2, onnx_files  # the source and what the engine loads
+
+
+def test_int8_keeps_weight_rebuilds_factored_and_light_matmuls_in_float(tt_onnx, tmp_path):
+    from kompakt.deploy.quantize import MIN_INT8_INNER_DIM, light_matmuls
+
+    out = bundle(tt_onnx, tmp_path / "q", precision="int8", calib_data="digits")
+    manifest = json.loads((out / "kompakt.json").read_text())
+    kept = manifest["quantization"]["kept_float"]
+    rebuilds = next(v for k, v in kept.items() if k.startswith("constant weight rebuild"))
+    assert rebuilds  # the TT-conv kernels are rebuilt from cores in the graph
+    light = light_matmuls(onnx.load(tt_onnx))
+    assert light and next(v for k, v in kept.items() if k.startswith("inner")) == light
+    graph = onnx.load(out / manifest["artifact"])
+    matmuls = [n for n in graph.graph.node if n.op_type == "MatMul"]
+    source_matmuls = [n for n in onnx.load(tt_onnx).graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == len(source_matmuls)  # nothing folded into dense weights
+    weights = {i.name: list(i.dims) for i in onnx.load(tt_onnx).graph.initializer}
+    for name in light:
+        node = next(n for n in onnx.load(tt_onnx).graph.node if n.name == name)
+        assert weights[node.input[1]][-2] < MIN_INT8_INNER_DIM

@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import onnx
 
 from kompakt import __version__, metrics
+from kompakt._io import atomic_write_text
 from kompakt.deploy.builders import BACKENDS, BuildOptions
 from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
@@ -49,7 +51,11 @@ class DeployConfig:
     """The options of `kompakt deploy`; field names are the CLI option and TOML key names."""
 
     backend: str = opt("onnxruntime", "A name from `kompakt deploy --list-backends`.")
-    precision: Literal["fp32", "fp16", "int8"] = opt("fp32", "Engine precision.")
+    precision: Literal["fp32", "fp16", "int8", "auto"] = opt(
+        "fp32",
+        "Engine precision; auto builds INT8 and keeps it only where it is faster than FP32 at "
+        "every measured batch and within --max-accuracy-drop (default 1 point).",
+    )
     calib_data: str | None = opt(
         None, "Dataset for INT8 calibration (train split) and validation; default: the model's."
     )
@@ -74,7 +80,7 @@ class DeployConfig:
     force: bool = opt(False, "Replace an existing bundle.")
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("calib_samples", "eval_samples", "golden_samples"):
             value = getattr(self, name)
@@ -193,6 +199,8 @@ def build_bundle(
     config = config or DeployConfig()
     options = options or BuildOptions()
     model_path, out = Path(model_path), Path(out)
+    if config.precision == "auto":
+        return _build_auto(model_path, out, config, options)
     backend = BACKENDS.get(config.backend)()
     reason = backend.unavailable_reason()
     if reason:
@@ -233,14 +241,7 @@ def build_bundle(
         manifest["files"] = _file_entries(tmp)
         validate_manifest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -334,6 +335,21 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 f"kept in float; the limit is {config.max_accuracy_drop}: deploy fp32 instead"
             )
 
+    warnings_, speed = [], None
+    if precision != "fp32" and backend.capabilities.device == "cpu":
+        speed = _speed_vs_fp32(tmp, backend, artefact, options, last["x"], chunk)
+        if quantization is not None:
+            quantization["speed_vs_fp32"] = speed
+        slower = {b: r for b, r in speed.items() if r < 1.0}
+        if slower:
+            warnings_.append(
+                f"{precision} is slower than fp32 here at batch(es) "
+                + ", ".join(f"{b} ({r:.2f}x)" for b, r in slower.items())
+                + "; consider --precision fp32 or auto"
+            )
+        _drop_intermediate_graphs(tmp, artefact)
+        if quantization is not None and not (tmp / quantization["graph"]).exists():
+            quantization["graph"] = None  # turned into the backend's own artefact, not shipped
     if config.ckpt:
         parity["vs_pytorch"] = _pytorch_parity(
             config.ckpt, tmp, artefact.path, data, inputs, options, config
@@ -342,7 +358,118 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
         config, options, artefact, meta, inputs, outputs, quantization, graph_precision
     )
     manifest.update(accuracy=accuracy, parity=parity, golden=_golden(tmp, config, last))
+    if speed is not None:
+        manifest["speed_vs_fp32"] = speed
+    manifest["warnings"] = warnings_
+    for message in warnings_:
+        warnings.warn(message, stacklevel=3)
     return manifest
+
+
+def _speed_vs_fp32(tmp, backend, artefact, options, x, chunk) -> dict[str, float]:
+    """This backend's FP32 time / the bundle's time per batch (> 1: the bundle is faster),
+    interleaved, about half a second per batch: enough to tell a win from a loss."""
+    from kompakt.timing import interleaved_medians
+
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    reference_dir = tmp / ".fp32"
+    reference_dir.mkdir()
+    try:
+        shutil.copyfile(tmp / "model.onnx", reference_dir / "model.onnx")
+        fp32 = backend.build(reference_dir / "model.onnx", reference_dir, "fp32", options)
+        fp32_manifest = {**manifest, "precision": "fp32", "quantization": None}
+        runners = {
+            "fp32": _runner(reference_dir, fp32_manifest, fp32.path, options.threads),
+            "bundle": _runner(tmp, manifest, artefact.path, options.threads),
+        }
+        ratios = {}
+        for batch in sorted({1, chunk}):
+            sample = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+            start = time.perf_counter()
+            runners["bundle"].run(sample)
+            once = max(time.perf_counter() - start, 1e-5)
+            runs = int(min(200, max(5, 0.25 / once)))
+            medians = interleaved_medians(
+                {k: (lambda r=r, s=sample: r.run(s)) for k, r in runners.items()}, runs, warmup=3
+            )
+            ratios[str(batch)] = round(medians["fp32"] / medians["bundle"], 3)
+        for runner in runners.values():
+            runner.close()
+    finally:
+        shutil.rmtree(reference_dir, ignore_errors=True)
+    return ratios
+
+
+def _drop_intermediate_graphs(tmp: Path, artefact) -> None:
+    """One graph per role: the source (model.onnx) and what the engine loads. An intermediate
+    INT8 / FP16 graph the CPU backend turned into its own artefact is not shipped."""
+    keep = {"model.onnx", artefact.path, *artefact.extra}
+    for path in tmp.glob("model.*.onnx"):
+        if path.name not in keep:
+            path.unlink()
+
+
+AUTO_MAX_DROP = 1.0  # points of top-1 accuracy INT8 may cost under --precision auto by default
+
+
+def _build_auto(model_path: Path, out: Path, config: DeployConfig, options: BuildOptions) -> dict:
+    """--precision auto: build INT8 (it measures itself against this backend's FP32 at the
+    bundle's batch sizes, and its validation accuracy); keep it only if it is faster at every
+    measured batch and within the accuracy limit, else build FP32. The manifest says why."""
+    backend = BACKENDS.get(config.backend)()
+    if out.exists() and not config.force:
+        raise ConfigError(f"{out} exists; pass --force to replace the bundle")
+    limit = config.max_accuracy_drop if config.max_accuracy_drop is not None else AUTO_MAX_DROP
+    considered: dict[str, dict] = {}
+    chosen = None
+    if "int8" in backend.precisions:
+        trial = out.with_name(f".{out.name}.auto-int8")
+        try:
+            manifest = build_bundle(
+                model_path,
+                trial,
+                dataclasses.replace(config, precision="int8", max_accuracy_drop=limit, force=True),
+                options,
+            )
+            speed = manifest.get("speed_vs_fp32") or {}
+            drop = (manifest.get("accuracy") or {}).get("drop_points")
+            faster = bool(speed) and all(r >= 1.0 for r in speed.values())
+            considered["int8"] = {"speed_vs_fp32": speed, "drop_points": drop, "kept": faster}
+            if faster:
+                chosen = manifest
+                _replace_dir(trial, out)
+        except KompaktError as error:  # no calibration data, or the accuracy limit not met
+            considered["int8"] = {"kept": False, "reason": str(error)}
+        finally:
+            shutil.rmtree(trial, ignore_errors=True)
+    if chosen is None:
+        chosen = build_bundle(
+            model_path, out, dataclasses.replace(config, precision="fp32", force=True), options
+        )
+    chosen["precision_auto"] = {
+        "chosen": chosen["precision"],
+        "rule": f"the fastest at every measured batch within {limit} points of FP32 accuracy",
+        "considered": considered,
+    }
+    _rewrite_manifest(out, chosen)
+    return chosen
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished bundle directory into place (replacing dst)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)
+
+
+def _rewrite_manifest(bundle: Path, manifest: dict) -> None:
+    validate_manifest(manifest)
+    atomic_write_text(bundle / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def _golden(tmp: Path, config: DeployConfig, last: dict) -> dict:

@@ -24,6 +24,11 @@ from kompakt.errors import ConfigError, KompaktError
 from kompakt.runtime.cpu import INT8_SCHEMES, PORTABLE_MAX_ABS_WEIGHT, scheme_requirement
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# A MatMul / Gemm whose reduction (inner) dimension is below this stays in float: int8 loses
+# there. Measured with ONNX Runtime 1.31 on an AMD EPYC (1 thread, 4096 x K @ K x 64):
+# int8 / fp32 time 2.64 at K=4, 1.95 at 8, 1.51 at 16, 1.07 at 32, 0.71 at 64, 0.51 at 128
+# (benchmarks/int8_matmul_crossover.py). TT chains are mostly such small-K MatMuls.
+MIN_INT8_INNER_DIM = 64
 
 
 @dataclass
@@ -36,6 +41,7 @@ class QuantizationResult:
     requires: dict | None = None  # what a CPU needs to run it exactly (None: any CPU)
     max_abs_weight: int = 0  # largest |q| over the int8 weights
     excluded_nodes: list[str] = field(default_factory=list)
+    kept_float: dict[str, list[str]] = field(default_factory=dict)  # why -> node names
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,6 +100,36 @@ def calibration_batch(samples: int, method: str) -> tuple[int, int]:
     if divisor >= 8:
         return divisor, samples
     return 16, samples - samples % 16
+
+
+def constant_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of nodes whose inputs are all constants (initializers or other constant nodes):
+    e.g. a TT-conv kernel rebuilt from its cores. They are weights, not activations."""
+    constant = {init.name for init in model.graph.initializer} | {""}
+    names = set()
+    for node in model.graph.node:  # graph order is topological
+        if all(name in constant for name in node.input):
+            constant.update(node.output)
+            names.add(node.name)
+    return names
+
+
+def light_matmuls(model: onnx.ModelProto, min_inner: int = MIN_INT8_INNER_DIM) -> list[str]:
+    """MatMul / Gemm nodes with a constant weight whose inner dimension is below `min_inner`:
+    too small for int8 kernels to gain (see MIN_INT8_INNER_DIM)."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    light = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        weight = shapes.get(node.input[1])
+        if weight is None or len(weight) < 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        inner = weight[-1] if trans_b else weight[-2]
+        if inner < min_inner:
+            light.append(node.name)
+    return light
 
 
 def max_abs_int8_weight(model: onnx.ModelProto) -> int:
@@ -159,11 +195,25 @@ def quantize_int8(
         Path(target).name, True, method, len(calib), scheme, scheme_requirement(scheme)
     )
     result.excluded_nodes = list(exclude or [])
+    graph = onnx.load(str(source), load_external_data=False)
+    constant = sorted(n for n in constant_nodes(graph) if n)
+    weighty = {n.name for n in graph.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+    result.kept_float = {
+        "constant weight rebuild (stays factored in the file)": [
+            n for n in constant if n in weighty
+        ],
+        f"inner dimension < {MIN_INT8_INNER_DIM} (int8 is slower there)": light_matmuls(graph),
+    }
+    keep_float = sorted({*result.excluded_nodes, *constant, *light_matmuls(graph)})
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
         # skip_symbolic_shape: ORT's symbolic shape pass raises on Constant nodes that use
-        # value_ints (the dynamo exporter emits them); plain shape inference is enough here
-        quant_pre_process(str(source), prepared, skip_symbolic_shape=True)
+        # value_ints (the dynamo exporter emits them); plain shape inference is enough here.
+        # skip_optimization when weights are rebuilt in-graph (TT convs): the optimizer would
+        # fold them into dense kernels and the INT8 file would outgrow the FP32 one.
+        quant_pre_process(
+            str(source), prepared, skip_optimization=bool(constant), skip_symbolic_shape=True
+        )
         for per_channel in (True, False):
             quantize_static(
                 prepared,
@@ -175,7 +225,7 @@ def quantize_int8(
                 per_channel=per_channel,
                 reduce_range=scheme == "portable",  # 7-bit weights; activations keep 8 bits
                 calibrate_method=calibration,
-                nodes_to_exclude=list(exclude or []),
+                nodes_to_exclude=keep_float,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
             failure = _runs(str(target), calib[:1], input_name)
