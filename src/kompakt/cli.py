@@ -100,6 +100,15 @@ def tt_plan_command(
         click.echo(f"{key:<22} {value}")
 
 
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} expects numbers separated by commas, got {text!r}") from None
+
+
 def _read_toml(path: str | None) -> dict:
     from kompakt._io import load_toml
 
@@ -264,14 +273,35 @@ def inspect_command(path: str, as_json: bool) -> None:
 @click.argument("ckpt", type=click.Path())
 @click.option("-o", "--output", "output", required=True, help="The .onnx file to write.")
 @click_options(ExportConfig)
+@click.option("--mean", default=None, help="Override the preprocessing mean, e.g. 0.49,0.48,0.45.")
+@click.option("--std", default=None, help="Override the preprocessing std, e.g. 0.25,0.24,0.26.")
+@click.option("--pixel-scale", type=float, default=None, help="Override the raw-value scale.")
+@click.option("--class-names", default=None, help="Override the labels: cat,dog,... in order.")
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def export_command(ctx: click.Context, ckpt: str, output: str, **_: object) -> None:
-    """Export a checkpoint to ONNX (standard ops only), verified against PyTorch."""
+    """Export a checkpoint to ONNX (standard ops only), verified against PyTorch; its dataset's
+    preprocessing and class names travel in the metadata unless overridden here."""
     from kompakt.export import export_checkpoint
+    from kompakt.models.checkpoint import load_checkpoint
+    from kompakt.runtime.preprocessing import Preprocessing
 
-    report = export_checkpoint(ckpt, output, config_from(ctx, ExportConfig, "export"))
+    params = ctx.params
+    preprocessing = None
+    if any(params[k] is not None for k in ("mean", "std", "pixel_scale")):
+        data = load_checkpoint(ckpt)["data"]
+        preprocessing = Preprocessing(
+            mean=_floats(params["mean"], "mean") or tuple(data.get("mean") or (0.0,)),
+            std=_floats(params["std"], "std") or tuple(data.get("std") or (1.0,)),
+            scale=params["pixel_scale"] or float(data.get("scale", 1 / 255)),
+        )
+    names = None
+    if params["class_names"] is not None:
+        names = [n.strip() for n in params["class_names"].split(",")]
+    report = export_checkpoint(
+        ckpt, output, config_from(ctx, ExportConfig, "export"), preprocessing, names
+    )
     click.echo(
         json.dumps(report.to_dict(), indent=2) if ctx.params["as_json"] else report.summary()
     )

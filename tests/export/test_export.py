@@ -193,6 +193,28 @@ def test_cli_export_of_a_trained_checkpoint_carries_metadata(tmp_path):
     assert len(json.loads(props["preprocessing"])["mean"]) == 1
     lint = kompakt("lint-trt", str(out))
     assert lint.returncode == 0 and "0 error(s)" in lint.stdout
+    assert json.loads(props["preprocessing"])["scale"] == 1 / 16  # digits' raw range is 0..16
+    names = ",".join(f"digit-{i}" for i in range(10))
+    again = tmp_path / "renamed.onnx"
+    proc = kompakt(
+        "export",
+        tmp_path / "best.pt",
+        "-o",
+        again,
+        "--class-names",
+        names,
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+        "--pixel-scale",
+        "0.0625",
+    )
+    assert proc.returncode == 0, proc.stderr
+    props = {p.key: p.value for p in onnx.load(again).metadata_props}
+    assert json.loads(props["class_names"])[3] == "digit-3"
+    pre = json.loads(props["preprocessing"])
+    assert (pre["mean"], pre["std"], pre["scale"]) == ([0.5], [0.25], 0.0625)
 
 
 def test_corrupt_or_foreign_checkpoint_writes_nothing(tmp_path):

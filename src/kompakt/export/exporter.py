@@ -398,10 +398,15 @@ def checkpoint_metadata(ckpt: dict, source: str | Path | None = None) -> ExportM
 
 
 def export_checkpoint(
-    ckpt_path: str | Path, path: str | Path, config: ExportConfig | None = None
+    ckpt_path: str | Path,
+    path: str | Path,
+    config: ExportConfig | None = None,
+    preprocessing: Preprocessing | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
 ) -> ExportReport:
     """Export a kompakt checkpoint: rebuild its model, carry its dataset's preprocessing, class
-    names and hash into the ONNX metadata, and check parity on real validation inputs."""
+    names and hash into the ONNX metadata (or the ones given), and check parity on real
+    validation inputs."""
     from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
@@ -411,7 +416,13 @@ def export_checkpoint(
     if samples is None:
         samples = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
     return export_onnx(
-        model, path, config, example_input=samples, metadata=checkpoint_metadata(ckpt, ckpt_path)
+        model,
+        path,
+        config,
+        example_input=samples,
+        metadata=checkpoint_metadata(ckpt, ckpt_path),
+        preprocessing=preprocessing,
+        class_names=class_names,
     )
 
 
