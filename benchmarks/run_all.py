@@ -23,6 +23,8 @@ STEPS = {
     "export_tt": [sys.executable, str(HERE / "export_tt.py")],
     "runtime_overhead": [sys.executable, str(HERE / "runtime_overhead.py")],
     "precision": [sys.executable, str(HERE / "precision.py")],
+    "int8_matmul_crossover": [sys.executable, str(HERE / "int8_matmul_crossover.py")],
+    "bundle_sizes": [sys.executable, str(HERE / "bundle_sizes.py")],
     "train_mnist5k": [sys.executable, str(HERE / "train_mnist5k.py")],
     "prune_mnist5k": [sys.executable, str(HERE / "prune_mnist5k.py")],
     "search": [sys.executable, str(HERE / "search_experiment.py")],
@@ -159,17 +161,70 @@ def render() -> str:
         out.append("")
     pr = _load("precision")
     if pr:
+        isa = pr["settings"].get("int8_isa", {})
         out += [
-            "## FP32 vs INT8, ONNX Runtime vs OpenVINO (`precision.py`, mnist5k test split)",
+            "## FP32 vs INT8 (portable / full-range) vs auto, ONNX Runtime vs OpenVINO "
+            "(`precision.py`, mnist5k test split)",
             "",
-            "| model | backend | precision | batch | ms | vs fp32 | top-1 | drop (points) |",
-            "|---|---|---|---|---|---|---|---|",
+            f"CPU integer dot product: {isa.get('dot', '?')}. `variant=precision`: what was "
+            "asked and what the bundle is (auto keeps INT8 only where it measured faster at every "
+            "batch). Sizes: the engine's artefact next to the ONNX graph. Golden: the drift "
+            "`Engine.verify` measured (max rel).",
+            "",
+            "| model | backend | variant | batch | ms | vs fp32 | artefact KiB | / ONNX | top-1 "
+            "| drop (points) | golden |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | "
-            f"{r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | {100 * r['test_top1']:.2f} % | "
-            f"{r['drop_points']:+.2f} |"
+            f"| {r['model']} | {r['backend']} | {r.get('variant', r['precision'])}="
+            f"{r['precision']} | {r['batch']} | {r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | "
+            f"{r.get('artefact_kib', '–')} | {r.get('artefact_vs_onnx', '–')} | "
+            f"{100 * r['test_top1']:.2f} % | {r['drop_points']:+.2f} | "
+            f"{r.get('golden_max_rel', '–')} |"
             for r in pr["rows"]
+        ]
+        if pr.get("calibration"):
+            out += [
+                "",
+                "INT8 calibration methods (portable scheme, ONNX Runtime, validation split):",
+                "",
+                "| model | minmax drop | entropy drop | percentile drop |",
+                "|---|---|---|---|",
+            ]
+            by_model: dict[str, dict] = {}
+            for c in pr["calibration"]:
+                by_model.setdefault(c["model"], {})[c["method"]] = c["val_drop_points"]
+            out += [
+                f"| {m} | {d.get('minmax', '–')} | {d.get('entropy', '–')} | "
+                f"{d.get('percentile', '–')} |"
+                for m, d in by_model.items()
+            ]
+        out.append("")
+    mm = _load("int8_matmul_crossover")
+    if mm:
+        out += [
+            "## Where INT8 pays for a MatMul (`int8_matmul_crossover.py`)",
+            "",
+            f"(4096, K) @ (K, 64) in ONNX Runtime, 1 thread; kompakt keeps K < "
+            f"{mm['settings']['kompakt_threshold']} in float.",
+            "",
+            "| K | int8 / fp32 time |",
+            "|---|---|",
+        ]
+        out += [f"| {r['inner']} | {r['int8_over_fp32']:.2f} |" for r in mm["rows"]]
+        out.append("")
+    bs = _load("bundle_sizes")
+    if bs:
+        out += [
+            "## ONNX vs OpenVINO IR vs what the bundle ships (`bundle_sizes.py`, fp32, 28x28)",
+            "",
+            "| model | ONNX KiB | IR KiB | shipped | shipped KiB | / ONNX |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['onnx_kib']} | {r['ir_kib']} | {r['shipped']} | "
+            f"{r['shipped_kib']} | {r['shipped_vs_onnx']} |"
+            for r in bs["rows"]
         ]
         out.append("")
     tr = _load("train_mnist5k")

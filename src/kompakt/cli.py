@@ -368,20 +368,46 @@ def deploy_command(ctx: click.Context, model: str | None, output: str | None, **
 @cli.command("verify")
 @click.argument("bundle", type=click.Path())
 @click.option("--backend", default=None, help="Override the bundle's backend.")
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    help="Ed25519 public key (base64 or a file); the bundle must be signed by one of them.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def verify_command(bundle: str, backend: str | None, as_json: bool) -> None:
-    """Re-run the bundle's golden samples on this machine; exit 1 if they drifted from the
-    build's outputs beyond the tolerance it recorded."""
+def verify_command(
+    bundle: str, backend: str | None, trusted_keys: tuple[str, ...], as_json: bool
+) -> None:
+    """Check a bundle on this machine: every file's hash, the signature (with --trusted-key or
+    $KOMPAKT_TRUSTED_KEYS), then its golden samples; exit 1 on drift."""
     from kompakt.runtime import golden, load
 
-    with load(bundle, backend=backend) as engine:
+    with load(bundle, backend=backend, trusted_keys=list(trusted_keys) or None) as engine:
         result = engine.verify()
+        result["signed_by"] = (engine.manifest.get("signature") or {}).get("public_key")
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(f"{bundle}: {golden.describe(result)}")
     if not result["ok"]:
         sys.exit(1)
+
+
+@cli.command("keygen")
+@click.option("-o", "--output", "output", required=True, help="Private key file to write.")
+def keygen_command(output: str) -> None:
+    """Make an Ed25519 key pair for signing bundles: OUTPUT (private, keep it secret) and
+    OUTPUT.pub (public, give it to whoever loads your bundles)."""
+    from kompakt._io import atomic_write_text
+    from kompakt.runtime.signing import generate_key
+
+    if Path(output).exists():
+        raise ConfigError(f"{output} exists; refusing to overwrite a key")
+    private, public = generate_key()
+    atomic_write_text(output, private + "\n")
+    Path(output).chmod(0o600)
+    atomic_write_text(f"{output}.pub", public + "\n")
+    click.echo(f"private key {output} (keep it secret), public key {output}.pub: {public}")
 
 
 @cli.command("predict")

@@ -29,15 +29,18 @@ def test_embedded_datasets_have_fixed_documented_splits(name, shape, classes, si
     assert abs(data.x["train"].mean().item()) < 1e-3  # normalised with train statistics
 
 
-def write_cifar(folder, n=6, labels=None, truncate=False):
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
+def write_cifar(folder, n=6, labels=None, truncate=False, data=None, protocol=2):
     rng = np.random.default_rng(0)
     folder.mkdir(exist_ok=True)
-    for name in ("data_batch_1", "test_batch"):
+    for name in CIFAR_FILES:
         batch = {
-            b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+            b"data": data if data is not None else rng.integers(0, 255, (n, 3072), dtype=np.uint8),
             b"labels": list(labels if labels is not None else rng.integers(0, 10, n)),
         }
-        raw = pickle.dumps(batch)
+        raw = pickle.dumps(batch, protocol=protocol)
         (folder / name).write_bytes(raw[: len(raw) // 2] if truncate else raw)
     names = {b"label_names": [f"c{i}".encode() for i in range(10)]}
     (folder / "batches.meta").write_bytes(pickle.dumps(names))
@@ -48,7 +51,7 @@ def test_cifar10_from_python_batches(tmp_path):
     data = load_dataset("cifar10", root=str(tmp_path / "cifar"))
     assert data.info.input_shape == (3, 32, 32)
     assert data.info.class_names[3] == "c3"
-    assert data.info.sizes["test"] == 6 and data.info.sizes["train"] + data.info.sizes["val"] == 6
+    assert data.info.sizes["test"] == 6 and data.info.sizes["train"] + data.info.sizes["val"] == 30
 
 
 def test_cifar10_truncated_batch_names_the_file(tmp_path):
@@ -59,8 +62,32 @@ def test_cifar10_truncated_batch_names_the_file(tmp_path):
 
 def test_cifar10_labels_out_of_range(tmp_path):
     write_cifar(tmp_path / "cifar", labels=[0, 1, 2, 3, 4, 12])
-    with pytest.raises(DataError, match=r"labels must be in 0\.\.9, found 0\.\.12"):
+    with pytest.raises(DataError, match=r"data_batch_1 has labels outside 0\.\.9"):
         load_dataset("cifar10", root=str(tmp_path / "cifar"))
+
+
+def test_cifar10_needs_every_official_batch_and_ignores_other_names(tmp_path):
+    write_cifar(tmp_path / "c")
+    (tmp_path / "c" / "data_batch_1.bak").write_bytes(b"editor backup")
+    assert load_dataset("cifar10", root=str(tmp_path / "c")).info.sizes["test"] == 6
+    (tmp_path / "c" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="lacks data_batch_3"):
+        load_dataset("cifar10", root=str(tmp_path / "c"))
+
+
+def test_cifar10_float_pixels_are_refused_not_cast_to_black(tmp_path):
+    write_cifar(tmp_path / "c", data=np.random.default_rng(0).random((6, 3072)))
+    with pytest.raises(DataError, match=r"data_batch_1 holds float64 pixels"):
+        load_dataset("cifar10", root=str(tmp_path / "c"))
+
+
+def test_cifar10_pickle_protocol_5_is_read_by_the_restricted_unpickler(tmp_path):
+    write_cifar(tmp_path / "c", protocol=5)
+    assert load_dataset("cifar10", root=str(tmp_path / "c")).info.input_shape == (3, 32, 32)
+    evil = pickle.dumps({b"data": __import__("os").system, b"labels": []})
+    (tmp_path / "c" / "data_batch_2").write_bytes(evil)
+    with pytest.raises(DataError, match="refusing to load"):
+        load_dataset("cifar10", root=str(tmp_path / "c"))
 
 
 def write_idx(path, array, gz):
@@ -100,6 +127,34 @@ def test_idx_truncated_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="train-images-idx3-ubyte is truncated"):
         load_dataset("mnist", root=str(tmp_path))
+
+
+def test_idx_corrupt_gzip_and_bad_labels_are_one_line_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (4, 8, 8)), True)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.array([0, 1, 2, 77]), True)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz has label 77"):
+        load_dataset("mnist", root=str(tmp_path))
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:20] + b"\xff" * 40)
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_dataset("mnist", root=str(tmp_path))
+
+
+def test_imagefolder_skips_hidden_folders_and_refuses_empty_classes(tmp_path):
+    from PIL import Image
+
+    for cls in ("cat", "dog", ".ipynb_checkpoints"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (6, 6), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    assert load_dataset("imagefolder", root=str(tmp_path)).info.class_names == ("cat", "dog")
+    (tmp_path / "emu").mkdir()
+    with pytest.raises(DataError, match=r"\['emu'\] .* hold no images"):
+        load_dataset("imagefolder", root=str(tmp_path))
+    data = load_dataset("imagefolder", root=str(tmp_path), allow_empty_classes=True)
+    assert data.info.class_names == ("cat", "dog", "emu")
 
 
 def test_imagefolder_and_mixed_sizes(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from clirun import kompakt
-from kompakt.errors import CheckpointError, KompaktError
+from kompakt.errors import CheckpointError, ConfigError, KompaktError
 from kompakt.export import ExportConfig, ExportError, export_onnx, fc_to_conv
 from kompakt.layers import TTLinear
 from kompakt.models import MODELS, TTConfig, build_model, compress_
@@ -260,3 +260,38 @@ def test_fixed_batch_export_has_that_batch(tmp_path, check):
     assert (
         onnx.load(tmp_path / "f.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
     )
+
+
+def test_export_output_problems_are_found_before_the_export_runs(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.randn(2, 1, 2, 2)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        export_onnx(model, tmp_path / "afile" / "m.onnx", example_input=x)
+    with pytest.raises(ConfigError, match="is a directory"):
+        export_onnx(model, tmp_path, example_input=x)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["data"].pop("input_shape"), "data.input_shape is missing"),
+        (lambda c: c.update(model="lenet5"), "'model' section .* missing or malformed"),
+        (lambda c: c["model"].update(kwargs=[1]), "'kwargs' must be a dict"),
+        (lambda c: c["state_dict"].pop(next(iter(c["state_dict"]))), "missing \\['"),
+    ],
+)
+def test_malformed_checkpoints_are_one_line_errors(tmp_path, change, message):
+    from kompakt.models import load_checkpoint, model_from_checkpoint
+    from kompakt.train import TrainConfig, fit
+
+    fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(tmp_path), quiet=True))
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message):
+        model_from_checkpoint(load_checkpoint(tmp_path / "bad.pt"))
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="not a readable kompakt checkpoint") as info:
+        load_checkpoint(tmp_path / "noise.pt")
+    assert "weights_only" not in str(info.value)

@@ -84,3 +84,17 @@ def test_bad_configs_are_clear_errors(tmp_path):
     path.write_text("[pipeline]\ndata = 'digits'\n")
     with pytest.raises(ConfigError, match="at least one"):
         load_config(path)
+
+
+def test_data_fingerprint_changes_when_the_files_change(tmp_path):
+    from kompakt.pipeline.runner import data_fingerprint
+
+    (tmp_path / "a.bin").write_bytes(b"one")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "x").write_bytes(b"ignored")
+    before = data_fingerprint(str(tmp_path))
+    (tmp_path / ".cache" / "x").write_bytes(b"still ignored")
+    assert data_fingerprint(str(tmp_path)) == before
+    (tmp_path / "a.bin").write_bytes(b"two")  # same size, new content
+    assert data_fingerprint(str(tmp_path)) != before
+    assert data_fingerprint(None) is None

@@ -9,6 +9,7 @@ import gzip
 import io
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ class _CifarUnpickler(pickle.Unpickler):
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
             ("_codecs", "encode"),
+            # pickle protocol 5 stores arrays as out-of-band buffers rebuilt by _frombuffer
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
         }
     )
 
@@ -68,12 +72,25 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cifar10: missing batch file {path}")
     try:
         batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+        raw = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as e:
         raise DataError(
-            f"cifar10: {path} is not a CIFAR-10 python batch (truncated or corrupt: {error})"
+            f"cifar10: {path} is not a CIFAR-10 python batch (truncated or corrupt: {e})"
         ) from None
+    # never cast silently: float pixels in 0..1 would become all-black uint8 images
+    integer = np.issubdtype(raw.dtype, np.integer)
+    if raw.dtype != np.uint8 and (not integer or raw.min() < 0 or raw.max() > 255):
+        raise DataError(
+            f"cifar10: {path} holds {raw.dtype} pixels in {raw.min()}..{raw.max()}; "
+            "expected uint8 values 0..255"
+        )
+    data = raw.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer) or (
+        labels.size and (labels.min() < 0 or labels.max() > 9)
+    ):
+        raise DataError(f"cifar10: {path} has labels outside 0..9 (or not integers)")
+    labels = labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise DataError(
             f"cifar10: {path} holds data {data.shape} and {len(labels)} labels; expected "
@@ -85,9 +102,14 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 @DATASETS.register("cifar10", help="CIFAR-10 'python version' batch files in a directory")
 def load_cifar10(root: str | None = None) -> DataSplits:
     folder = _root(root, "cifar10", "data_batch_1..5 and test_batch")
-    train_files = sorted(folder.glob("data_batch_*"))
-    if not train_files:
-        raise DataError(f"cifar10: no data_batch_* files in {folder}")
+    # exactly the official names: a missing batch is an error, a backup copy is ignored
+    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [p.name for p in [*train_files, folder / "test_batch"] if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"cifar10: {folder} lacks {', '.join(missing)}; the python version has "
+            "data_batch_1..data_batch_5 and test_batch"
+        )
     batches = [_read_cifar_batch(p) for p in [*train_files, folder / "test_batch"]]
     images = np.concatenate([b[0] for b in batches])
     labels = np.concatenate([b[1] for b in batches])
@@ -113,8 +135,8 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as error:
-        raise DataError(f"cannot read IDX file {path}: {error}") from None
+    except (OSError, EOFError, zlib.error) as error:  # gzip raises all three for bad data
+        raise DataError(f"cannot read IDX file {path} (corrupt or truncated?): {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
@@ -147,6 +169,11 @@ def _load_idx_set(name: str, root: str | None, class_names: tuple[str, ...]) -> 
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
                 f"{name}: {prefix} images {images.shape} and labels {labels.shape} do not match"
+            )
+        if labels.size and labels.max() >= len(class_names):
+            raise DataError(
+                f"{name}: {_find(folder, f'{prefix}-labels-idx1-ubyte')} has label "
+                f"{int(labels.max())}; expected 0..{len(class_names) - 1}"
             )
         arrays[split] = (images, labels)
     images = np.concatenate([arrays["train"][0], arrays["test"][0]])[:, None]
@@ -185,15 +212,28 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 @DATASETS.register("imagefolder", help="one sub-directory per class, images read with Pillow")
-def load_imagefolder(root: str | None = None, seed: int = 0) -> DataSplits:
+def load_imagefolder(
+    root: str | None = None, seed: int = 0, allow_empty_classes: bool = False
+) -> DataSplits:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise DataError("imagefolder needs Pillow: `pip install 'kompakt[data]'`") from None
     folder = _root(root, "imagefolder", "one sub-directory of images per class")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    # hidden directories (.ipynb_checkpoints, .git) are never classes
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"imagefolder: {folder} has no class sub-directories")
+    empty = [
+        c
+        for c in classes
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in (folder / c).iterdir())
+    ]
+    if empty and not allow_empty_classes:
+        raise DataError(
+            f"imagefolder: class folder(s) {empty} in {folder} hold no images; a class that never "
+            "occurs cannot be learned (remove them, or pass allow_empty_classes=True)"
+        )
     images, labels, first = [], [], None
     for label, cls in enumerate(classes):
         files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

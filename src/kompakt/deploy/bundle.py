@@ -42,6 +42,7 @@ from kompakt.runtime.backends import RUNNERS, BackendUnavailable
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
 from kompakt.runtime.preprocessing import Preprocessing
+from kompakt.runtime.signing import sign_manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -77,7 +78,10 @@ class DeployConfig:
     golden_samples: int = opt(
         golden.DEFAULT_SAMPLES, "Validation inputs stored with their FP32 outputs (kompakt verify)."
     )
-    force: bool = opt(False, "Replace an existing bundle.")
+    sign_key: str | None = opt(
+        None, "Ed25519 private key (base64, or a file holding it) to sign the bundle with."
+    )
+    force: bool = opt(False, "Replace an existing bundle (only ever a kompakt bundle).")
 
     def __post_init__(self) -> None:
         if self.precision not in (*PRECISIONS, "auto"):
@@ -210,14 +214,19 @@ def build_bundle(
             f"backend {config.backend!r} supports precisions {backend.precisions}, not "
             f"{config.precision!r}"
         )
-    if out.exists() and not config.force:
-        raise ConfigError(f"{out} exists; pass --force to replace the bundle")
+    check_output(out, model_path, config.force)
     if not model_path.is_file():
         raise ConfigError(f"ONNX model {model_path} does not exist")
     try:
         source = onnx.load(str(model_path))
+        onnx.checker.check_model(source)
     except Exception as error:
-        raise KompaktError(f"cannot read ONNX model {model_path}: {error}") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise KompaktError(
+            f"{model_path} is not a valid ONNX model ({first}); export it with kompakt export"
+        ) from None
+    if not source.graph.input or not source.graph.output:
+        raise KompaktError(f"{model_path} has no graph inputs or outputs; nothing to deploy")
     meta = _metadata(source)
     inputs = _tensor_entries(source.graph.input)
     outputs = _tensor_entries(source.graph.output)
@@ -232,13 +241,16 @@ def build_bundle(
 
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _clean_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         shutil.copyfile(model_path, tmp / "model.onnx")
         manifest = _build_into(tmp, backend, config, options, data, source, meta, inputs, outputs)
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
         manifest["files"] = _file_entries(tmp)
+        if config.sign_key:
+            manifest["signature"] = sign_manifest(manifest, config.sign_key)
         validate_manifest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -417,8 +429,7 @@ def _build_auto(model_path: Path, out: Path, config: DeployConfig, options: Buil
     bundle's batch sizes, and its validation accuracy); keep it only if it is faster at every
     measured batch and within the accuracy limit, else build FP32. The manifest says why."""
     backend = BACKENDS.get(config.backend)()
-    if out.exists() and not config.force:
-        raise ConfigError(f"{out} exists; pass --force to replace the bundle")
+    check_output(out, model_path, config.force)
     limit = config.max_accuracy_drop if config.max_accuracy_drop is not None else AUTO_MAX_DROP
     considered: dict[str, dict] = {}
     chosen = None
@@ -451,12 +462,62 @@ def _build_auto(model_path: Path, out: Path, config: DeployConfig, options: Buil
         "rule": f"the fastest at every measured batch within {limit} points of FP32 accuracy",
         "considered": considered,
     }
+    chosen.pop("signature", None)
+    if config.sign_key:  # the record above changed the manifest: sign what is shipped
+        chosen["signature"] = sign_manifest(chosen, config.sign_key)
     _rewrite_manifest(out, chosen)
     return chosen
 
 
+def is_bundle(path: Path) -> bool:
+    """A directory whose kompakt.json parses and has our format (safe to replace)."""
+    manifest = path / MANIFEST
+    if not path.is_dir() or path.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "files" in data
+
+
+def check_output(out: Path, source: Path, force: bool) -> None:
+    """Refuse an output path that replacing would destroy something that is not a bundle."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise ConfigError(f"{out} exists; pass --force to replace the bundle")
+    resolved = out.resolve()
+    if resolved in (Path.cwd().resolve(), Path(resolved.anchor)) or resolved in (
+        Path.cwd().resolve().parents
+    ):
+        raise ConfigError(f"refusing to replace {out}: it is the working directory or above it")
+    if resolved in source.resolve().parents:
+        raise ConfigError(f"refusing to replace {out}: it contains the source model {source}")
+    if not is_bundle(out):
+        kind = "a file" if out.is_file() else "a directory that is not a kompakt bundle"
+        raise ConfigError(
+            f"refusing to replace {out}: it is {kind} (--force only replaces bundles); choose "
+            "another -o"
+        )
+
+
+def _clean_stale(out: Path, older_than_s: float = 3600.0) -> None:
+    """Finish or undo an interrupted replacement, and remove build directories left by killed
+    deploys (older than an hour, so a concurrent deploy's are left alone)."""
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists() and is_bundle(old):
+        old.rename(out)  # the crash came between the two renames: put the old bundle back
+    now = time.time()
+    for stale in out.parent.glob(f".{out.name}.build-*"):
+        if stale.is_dir() and now - stale.stat().st_mtime > older_than_s:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished bundle directory into place (replacing dst)."""
+    """Move a finished bundle directory into place (replacing dst). A crash between the two
+    renames leaves the old bundle in .NAME.old, which the next deploy puts back (see
+    `_clean_stale`) and `load` points to."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -114,9 +114,10 @@ def constant_nodes(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def light_matmuls(model: onnx.ModelProto, min_inner: int = MIN_INT8_INNER_DIM) -> list[str]:
-    """MatMul / Gemm nodes with a constant weight whose inner dimension is below `min_inner`:
-    too small for int8 kernels to gain (see MIN_INT8_INNER_DIM)."""
+def light_matmuls(model: onnx.ModelProto, min_inner: int | None = None) -> list[str]:
+    """MatMul / Gemm nodes with a constant weight whose inner dimension is below `min_inner`
+    (default MIN_INT8_INNER_DIM): too small for int8 kernels to gain."""
+    min_inner = MIN_INT8_INNER_DIM if min_inner is None else min_inner
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     light = []
     for node in model.graph.node:

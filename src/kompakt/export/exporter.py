@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -471,6 +472,7 @@ def export_onnx(
             preprocessing=preprocessing or metadata.preprocessing,
             class_names=tuple(class_names) if class_names is not None else metadata.class_names,
         )
+    _check_output_path(path)
     samples = example_input.detach().float().cpu()
     shape = tuple(samples.shape[1:])
     model = copy.deepcopy(model).float().eval()
@@ -508,6 +510,19 @@ def export_onnx(
     if failures:
         raise ExportError(f"export check failed ({'; '.join(failures)}); graph kept at {target}")
     return report
+
+
+def _check_output_path(path: Path) -> None:
+    """Fail before the export runs when the file could not be written anyway."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the .onnx file to write")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write {path}: {parent} is not writable")
 
 
 def _batch_of(samples: torch.Tensor, batch: int) -> torch.Tensor:

@@ -60,9 +60,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's own text is long and suggests weights_only=False, which would run code from
+        # the file: name what happened instead
         raise CheckpointError(
-            f"{path} is not a readable kompakt checkpoint (corrupt or truncated?): {first}"
+            f"{path} is not a readable kompakt checkpoint (corrupt, truncated, or not a torch "
+            f"file; {type(error).__name__}); re-train or re-save it"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -70,9 +72,20 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path} is not a kompakt checkpoint: expected format {FORMAT!r}, found {found!r} "
             "(a plain state_dict? wrap it with kompakt.models.make_checkpoint)"
         )
-    for key in ("model", "state_dict", "data"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} lacks the {key!r} section of {FORMAT}")
+    for key, kind in (("model", dict), ("state_dict", dict), ("data", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(
+                f"{path}: the {key!r} section of {FORMAT} is missing or malformed"
+            )
+    if not isinstance(ckpt["model"].get("name"), str):
+        raise CheckpointError(f"{path}: the 'model' section names no model")
+    if not isinstance(ckpt["model"].get("kwargs", {}), dict):
+        raise CheckpointError(f"{path}: the model's 'kwargs' must be a dict")
+    shape = ckpt["data"].get("input_shape")
+    if not (isinstance(shape, list | tuple) and shape and all(isinstance(d, int) for d in shape)):
+        raise CheckpointError(
+            f"{path}: data.input_shape is missing or not a list of ints (got {shape!r})"
+        )
     return ckpt
 
 
@@ -82,10 +95,20 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     model = build_model(spec["name"], **spec.get("kwargs", {}))
     apply_layer_specs_(model, spec.get("layers", []))
     apply_resizes_(model, spec.get("resized", []))
+    expected, given = set(model.state_dict()), set(ckpt["state_dict"])
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint weights do not fit model {spec['name']!r}: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as error:
+        lines = [ln.strip() for ln in str(error).splitlines() if "size mismatch" in ln]
+        detail = lines[0] if lines else str(error).splitlines()[0]
         raise CheckpointError(
-            f"checkpoint weights do not fit model {spec['name']!r}: {str(error).splitlines()[0]}"
+            f"checkpoint weights do not fit model {spec['name']!r}: {detail}"
         ) from None
     return model.eval()

@@ -118,6 +118,21 @@ def _file_hash(path: Path) -> str:
     return sha256_file(path)
 
 
+def data_fingerprint(root: str | None) -> str | None:
+    """A hash of every data file under `root` (path, size and content), so regenerated or
+    edited data re-runs the stages that read it; None for embedded datasets."""
+    if not root or not Path(root).is_dir():
+        return None
+    from kompakt._io import sha256_file
+
+    entries = [
+        (p.relative_to(root).as_posix(), p.stat().st_size, sha256_file(p))
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def _cached(folder: Path, key: str, outputs: list[Path], force: bool) -> bool:
     stamp = folder / "stage.json"
     if force or not stamp.is_file() or not all(p.exists() for p in outputs):
@@ -170,6 +185,7 @@ def run_pipeline(
     root.mkdir(parents=True, exist_ok=True)
     log = StageLog()
     started = time.perf_counter()
+    data_hash = data_fingerprint(plan.train.get("data_root"))
 
     # train: one step per [[models]] entry, in order (init_from names an earlier one)
     checkpoints: dict[str, Path] = {}
@@ -190,7 +206,7 @@ def run_pipeline(
             "train",
             name,
             folder,
-            _key("train", settings, upstream_hash),
+            _key("train", settings, upstream_hash, data_hash),
             [folder / "best.pt"],
             lambda c=train_config: fit(c),
         )
@@ -256,7 +272,11 @@ def run_pipeline(
                     label,
                     root / "bundles" / f".{label}.stage",
                     _key(
-                        "deploy", settings, dataclasses.asdict(build_options), _file_hash(onnx_path)
+                        "deploy",
+                        settings,
+                        dataclasses.asdict(build_options),
+                        _file_hash(onnx_path),
+                        data_hash,
                     ),
                     [folder / "kompakt.json"],
                     lambda o=onnx_path, f=folder, c=deploy_config, b=build_options: build_bundle(
@@ -291,7 +311,7 @@ def run_pipeline(
                 "bench",
                 "all bundles",
                 report,
-                _key("bench", dataclasses.asdict(bench_config), manifests),
+                _key("bench", dataclasses.asdict(bench_config), manifests, data_hash),
                 [report / "results.json"],
                 lambda: run_config(bundles, bench_config),
             )

@@ -47,7 +47,13 @@ class Prediction:
 
 def _spec(entry: dict) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d > 0 else str(d) for d in entry["shape"])
-    return TensorSpec(entry["name"], shape, np.dtype(entry["dtype"]))
+    try:
+        dtype = np.dtype(entry["dtype"])
+    except TypeError:
+        raise BundleError(
+            f"manifest tensor {entry['name']!r} has unknown dtype {entry['dtype']!r}"
+        ) from None
+    return TensorSpec(entry["name"], shape, dtype)
 
 
 class Engine:
@@ -59,9 +65,10 @@ class Engine:
         backend: str | None = None,
         threads: int | None = None,
         reject_nan: bool = False,
+        trusted_keys: list[str] | None = None,
     ) -> None:
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
+        self.manifest = read_manifest(self.bundle, trusted_keys=trusted_keys)
         self.backend = backend or self.manifest["backend"]
         self.inputs = [_spec(e) for e in self.manifest["inputs"]]
         self.outputs = [_spec(e) for e in self.manifest["outputs"]]
@@ -73,7 +80,16 @@ class Engine:
             raise BundleError(f"manifest artifact {self.manifest['artifact']!r} is not in files")
         check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
-        self._runner = runner(confined(self.bundle, entry["path"]), self.manifest, threads)
+        try:
+            self._runner = runner(confined(self.bundle, entry["path"]), self.manifest, threads)
+        except KompaktError:
+            raise
+        except Exception as error:  # the SDK's own message, on one line, naming the file
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise BundleError(
+                f"the {self.backend} backend cannot load {entry['path']}: {first}; rebuild the "
+                "bundle with kompakt deploy"
+            ) from None
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -97,6 +113,8 @@ class Engine:
                     f"input {spec.name!r} axis {axis} must be {want} (expected {spec.shape}), "
                     f"got shape {x.shape}"
                 )
+        if x.ndim and x.shape[0] < 1:
+            raise ShapeError(f"input {spec.name!r} has an empty batch (shape {x.shape})")
         if self.max_batch is not None and x.shape[0] > self.max_batch:
             raise ShapeError(
                 f"batch {x.shape[0]} is above this engine's max batch {self.max_batch}; split it"
@@ -215,14 +233,17 @@ def load(
     threads: int | None = None,
     reject_nan: bool = False,
     verify: bool = False,
+    trusted_keys: list[str] | None = None,
 ) -> Engine:
     """Load a bundle directory (hashes verified first) and return its Engine.
 
     Args:
         verify: also re-run the golden samples and refuse (GoldenDriftError) when the outputs
             here drift from the build's beyond the recorded tolerance.
+        trusted_keys: Ed25519 public keys (base64 or key files); when given (or set in
+            $KOMPAKT_TRUSTED_KEYS) the bundle must carry a valid signature by one of them.
     """
-    engine = Engine(bundle, backend, threads, reject_nan)
+    engine = Engine(bundle, backend, threads, reject_nan, trusted_keys)
     if verify:
         result = engine.verify()
         if not result["ok"]:

@@ -5,11 +5,11 @@ Imports only the standard library, so apps that embed `kompakt.runtime` stay lea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
 
+from kompakt._io import sha256_file
 from kompakt.errors import KompaktError
 
 SCHEMA_VERSION = 1
@@ -59,6 +59,8 @@ def _check(value: object, schema: dict, where: str, root: dict) -> None:
         raise BundleError(f"manifest {where}: expected {schema['const']!r}, got {value!r}")
     if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
         raise BundleError(f"manifest {where}: {value} is below {schema['minimum']}")
+    if "minItems" in schema and isinstance(value, list) and len(value) < schema["minItems"]:
+        raise BundleError(f"manifest {where}: needs at least {schema['minItems']} item(s)")
     if isinstance(value, dict):
         for key in schema.get("required", []):
             if key not in value:
@@ -86,39 +88,74 @@ def validate_manifest(manifest: dict) -> None:
     check_schema(manifest, manifest_schema(), "kompakt.json")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def confined(bundle: Path, relative: str) -> Path:
-    """`bundle / relative`, refusing absolute paths and anything that escapes the bundle."""
+    """`bundle / relative`, refusing absolute paths, NUL bytes, symlinks and anything that
+    escapes the bundle."""
+    if not isinstance(relative, str) or "\x00" in relative or not relative:
+        raise BundleError(f"manifest file path {relative!r} is not a valid relative path; refused")
     if Path(relative).is_absolute() or ".." in Path(relative).parts:
         raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
-    path = (bundle / relative).resolve()
+    current = bundle
+    for part in Path(relative).parts:  # a symlink anywhere on the way could point outside
+        current = current / part
+        if current.is_symlink():
+            raise BundleError(f"bundle path {relative!r} is a symlink; refused")
+    path = current.resolve()
     if bundle.resolve() not in path.parents:
         raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
     return path
 
 
-def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
+def _interrupted(bundle: Path) -> str:
+    old = bundle.with_name(f".{bundle.name}.old")
+    if (old / MANIFEST).is_file():
+        return (
+            f"; a replacement of this bundle was interrupted: the previous bundle is in {old} "
+            f"(move it back to {bundle}, or deploy again)"
+        )
+    return ""
+
+
+def read_manifest(
+    bundle: str | Path, verify: bool = True, trusted_keys: list[str] | None = None
+) -> dict:
     """Load, validate and (by default) verify every file's sha256 and size.
 
+    Hashes catch corruption; with trusted keys (or $KOMPAKT_TRUSTED_KEYS) the manifest's
+    signature must also match, which catches tampering (see kompakt.runtime.signing).
+
     Raises:
-        BundleError: naming the file that is missing, tampered with or truncated.
+        BundleError: naming the file that is missing, corrupted, a symlink or unlisted.
+        SignatureError: trusted keys are configured and the bundle is unsigned or mis-signed.
     """
+    from kompakt.runtime.signing import check_signature
+    from kompakt.runtime.signing import trusted_keys as configured_keys
+
     bundle = Path(bundle)
     path = bundle / MANIFEST
+    if bundle.is_symlink() or path.is_symlink():
+        raise BundleError(f"{bundle}: the bundle and its {MANIFEST} must not be symlinks")
     if not path.is_file():
-        raise BundleError(f"{bundle} is not a kompakt bundle: {MANIFEST} is missing")
+        raise BundleError(
+            f"{bundle} is not a kompakt bundle: {MANIFEST} is missing{_interrupted(bundle)}"
+        )
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{path} is not valid JSON: {error}") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise BundleError(f"{path} is not valid JSON: {str(error)[:200]}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     validate_manifest(manifest)
+    check_signature(manifest, configured_keys(trusted_keys))
+    listed = set(manifest["files"])
+    for name in {manifest["artifact"], *manifest.get("artifact_files", [])}:
+        if name not in listed:
+            raise BundleError(
+                f"manifest artifact {name!r} is not among the hashed files; the runtime opens "
+                "no file the manifest does not hash: rebuild the bundle"
+            )
+    for link in (p for p in bundle.rglob("*") if p.is_symlink()):
+        raise BundleError(f"bundle file {link.relative_to(bundle)} is a symlink; refused")
     if manifest["schema_version"] > SCHEMA_VERSION:
         raise BundleError(
             f"bundle schema_version {manifest['schema_version']} is newer than this kompakt "
@@ -136,9 +173,9 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
                 f"bundle file {entry['path']} has {size} bytes, the manifest says "
                 f"{entry['bytes']} (truncated or replaced); rebuild the bundle"
             )
-        if sha256_file(file) != entry["sha256"]:
+        if sha256_file(file) != entry["sha256"].lower():
             raise BundleError(
                 f"bundle file {entry['path']} does not match its sha256 in {MANIFEST} "
-                "(tampered with or corrupted); rebuild the bundle"
+                "(corrupted, or changed without updating the manifest); rebuild the bundle"
             )
     return manifest
