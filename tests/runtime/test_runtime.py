@@ -234,3 +234,16 @@ def test_cli_predict_on_image_files(lenet_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["image"] for r in rows] == paths and all(0 <= r["score"] <= 1 for r in rows)
+
+
+def test_predict_batches_more_images_than_the_engine_takes(lenet_onnx, tmp_path):
+    from bundles import bundle
+    from kompakt.deploy import BuildOptions
+
+    out = bundle(lenet_onnx, tmp_path / "b4", options=BuildOptions(max_batch=4))
+    images = list(np.random.default_rng(0).integers(0, 17, (10, 8, 8), dtype=np.uint8))
+    with load(out) as engine:
+        assert engine.max_batch == 4
+        assert len(engine.predict(images)) == 10
+        with pytest.raises(ShapeError, match="above this engine's max batch 4"):
+            engine.run(engine.preprocess(images))

@@ -105,3 +105,19 @@ def test_worker_does_not_import_torch(two_bundles):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_batches_above_a_bundles_max_are_reported_not_dropped_silently(two_bundles):
+    with pytest.warns(UserWarning, match="batch 128 not measured"):
+        out = run(
+            two_bundles[:1],
+            (1, 128),
+            warmup_s=0.01,
+            min_runs=3,
+            duration_s=0.05,
+            rounds=1,
+            quiet=True,
+        )
+    entry = out["bundles"][0]
+    assert set(entry["latency"]) == {"1"}
+    assert any("max batch 64" in w for w in entry["warnings"])

@@ -1,4 +1,5 @@
 import json
+import math
 import signal
 
 import pytest
@@ -7,7 +8,7 @@ from click.testing import CliRunner
 
 from clirun import kompakt, python
 from kompakt.cli import cli
-from kompakt.errors import CheckpointError
+from kompakt.errors import CheckpointError, ConfigError
 from kompakt.train import (
     TrainConfig,
     TrainingDivergedError,
@@ -190,3 +191,57 @@ def test_config_file_with_unknown_key(tmp_path):
     proc = kompakt("train", "--config", str(config), "--out", str(tmp_path / "x"))
     assert proc.returncode == 1
     assert "unknown keys in the config file's [train]: ['epochz']" in proc.stderr
+
+
+def test_resume_with_more_epochs_replans_the_schedule_and_never_trains_at_lr_0(tmp_path):
+    base = {"model": "mlp", "data": "synthetic", "out": str(tmp_path), "quiet": True}
+    fit(TrainConfig(epochs=2, **base))
+    before = _weights(tmp_path / "last.pt")
+    result = fit(TrainConfig(epochs=4, resume=True, **base))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["lr"] > 0 for r in rows)  # epochs 3 and 4 follow the cosine planned for 4
+    assert rows[2]["lr"] > rows[3]["lr"]  # and it keeps decaying
+    after = _weights(tmp_path / "last.pt")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it really trained
+    assert result["test_from"] == "best.pt"
+    with pytest.raises(ConfigError, match="already trained 4 epochs"):
+        fit(TrainConfig(epochs=4, resume=True, **base))
+
+
+def test_resume_refuses_changed_options_unless_told(tmp_path):
+    base = {"model": "mlp", "data": "synthetic", "out": str(tmp_path), "quiet": True}
+    fit(TrainConfig(epochs=1, **base))
+    with pytest.raises(ConfigError, match=r"lr: None -> 0\.5.*batch_size: 64 -> 32"):
+        fit(TrainConfig(epochs=2, resume=True, lr=0.5, batch_size=32, **base))
+    fit(TrainConfig(epochs=2, resume=True, lr=0.01, resume_override=True, **base))
+
+
+def test_a_non_finite_validation_epoch_is_never_saved(tmp_path, monkeypatch):
+    import kompakt.train.trainer as trainer
+
+    real = trainer.evaluate
+    calls = {"n": 0}
+
+    def evaluate(*args, **kwargs):  # the second epoch's validation blows up
+        calls["n"] += 1
+        metrics = real(*args, **kwargs)
+        return {**metrics, "loss": math.nan} if calls["n"] == 2 else metrics
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2 .* not saved; .*last\.pt keeps"):
+        fit(TrainConfig(model="mlp", data="synthetic", epochs=3, out=str(tmp_path), quiet=True))
+    assert load_checkpoint(tmp_path / "last.pt")["train"]["epoch"] == 1
+    fresh = tmp_path / "fresh"
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
+        fit(
+            TrainConfig(
+                model="mlp",
+                data="synthetic",
+                epochs=1,
+                out=str(fresh),
+                quiet=True,
+                lr=1e30,
+                optimizer="sgd",
+            )
+        )

@@ -177,7 +177,10 @@ class Engine:
                 f"image(s) {bad} contain NaN or infinite values; fix the input (or pass "
                 "allow_nonfinite=True to run them anyway)"
             )
-        logits = class_scores(self.run(x))  # FCN maps are averaged
+        step = self.max_batch or len(x)  # more images than the engine takes: in chunks
+        logits = class_scores(
+            np.concatenate([self.run(x[i : i + step]) for i in range(0, len(x), step)])
+        )  # FCN maps are averaged
         if not np.isfinite(logits).all():
             bad = sorted({int(i) for i in np.nonzero(~np.isfinite(logits))[0]})
             raise ShapeError(f"the model produced non-finite scores for image(s) {bad}")

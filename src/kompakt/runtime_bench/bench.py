@@ -256,6 +256,13 @@ def run(
         entry.golden = goldens[i]
         if entry.golden and not entry.golden["ok"]:
             entry.warnings.append(f"golden samples drifted: {golden.describe(entry.golden)}")
+        max_batch = manifest.get("max_batch")
+        for batch in batches:
+            if max_batch is not None and batch > max_batch:
+                entry.warnings.append(
+                    f"batch {batch} not measured: above this bundle's max batch {max_batch} "
+                    "(rebuild with a larger --max-batch)"
+                )
         if entry.peak_rss_mib is not None:
             entry.rss_delta_mib = entry.peak_rss_mib - entry.baseline_rss_mib
         for batch, stats in latency.items():

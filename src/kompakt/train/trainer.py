@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,7 +68,10 @@ class TrainConfig:
     prune: Literal["relevance"] | None = opt(
         None, "Filter pruning during training (relevance statistics with dummy filters)."
     )
-    prune_target: float = opt(0.6, "Filter sparsity to reach with --prune.")
+    prune_target: float = opt(0.6, "Filter sparsity to reach with --prune (a fraction).")
+    resume_override: bool = opt(
+        False, "With --resume, apply options that differ from the checkpoint's run."
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "nproc"):
@@ -260,6 +264,43 @@ def fit(config: TrainConfig, hooks: Sequence[TrainHook] = ()) -> dict:
     return _fit(config, rank, world, list(hooks))
 
 
+# options that define the run: resuming with other values would silently mix two runs
+RESUME_KEYS = (
+    "model",
+    "data",
+    "data_root",
+    "model_kwargs",
+    "compress",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "augment",
+    "batch_size",
+    "seed",
+    "prune",
+    "prune_target",
+)
+
+
+def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
+    """Refuse to resume with options other than the checkpoint's (epochs may change)."""
+    now = _jsonable(asdict(config))
+    differences = [
+        f"{key}: {saved[key]!r} -> {now[key]!r}"
+        for key in RESUME_KEYS
+        if key in saved and saved[key] != now[key]
+    ]
+    if differences and not config.resume_override:
+        raise ConfigError(
+            f"--resume from {path} with other options than it was trained with ("
+            + "; ".join(differences)
+            + "); drop them, or pass --resume-override to apply them knowingly"
+        )
+
+
 def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,9 +328,27 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     scheduler = _scheduler(config, optimizer)
     if resume_state is not None:
         state = resume_state["train"]
+        _check_resume(config, state.get("config", {}), last_path)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
+        previous_epochs = state.get("config", {}).get("epochs", config.epochs)
+        if previous_epochs == config.epochs:
+            scheduler.load_state_dict(state["scheduler"])  # the same run: bit-identical resume
+        else:
+            # More (or fewer) epochs: the schedule is re-planned for the new total and
+            # fast-forwarded to the resume point, so an extended run never trains at LR 0.
+            for group in optimizer.param_groups:  # the chainable schedulers start from lr
+                group["lr"] = group.get("initial_lr", group["lr"])
+            scheduler = _scheduler(config, optimizer)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # stepping without optimizer.step() is intended
+                for _ in range(start_epoch):
+                    scheduler.step()
+        if start_epoch >= config.epochs:
+            raise ConfigError(
+                f"{last_path} already trained {start_epoch} epochs; pass --epochs larger than "
+                f"{start_epoch} to train more"
+            )
 
     pruner = None
     if config.prune == "relevance":
@@ -313,6 +372,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     show = rank == 0 and not config.quiet and sys.stderr.isatty()
     data_dict = {**info.to_dict(), "root": config.data_root}
     last_val: dict = {}
+    best_loss = math.inf
     for epoch in range(start_epoch, config.epochs):
         start = time.perf_counter()
         epoch_seed = config.seed * 100_003 + epoch
@@ -340,7 +400,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"{last_path} keeps the last good epoch. Lower --lr (now "
+                    f"{_kept(last_path)}. Lower --lr (now "
                     f"{optimizer.param_groups[0]['lr']:.3g}) or check the data for NaNs"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -358,6 +418,19 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         if rank != 0:
             continue
         last_val = evaluate(model, *data.split("val"), info.task)
+        if not all(math.isfinite(v) for v in last_val.values()):
+            raise TrainingDivergedError(
+                f"validation became non-finite at epoch {epoch + 1} ({last_val}); the epoch is "
+                f"not saved; {_kept(last_path)}. Lower --lr"
+            )
+        epoch_loss = running / max(seen, 1)
+        best_loss = min(best_loss, epoch_loss)
+        if epoch_loss > 100 * best_loss:
+            warnings.warn(
+                f"epoch {epoch + 1}: train loss {epoch_loss:.4g} is over 100x the best so far "
+                f"({best_loss:.4g}): the run is diverging; lower --lr",
+                stacklevel=2,
+            )
         for hook in hooks:
             last_val = hook.after_epoch(epoch + 1, last_val)
         row = {
@@ -397,6 +470,10 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         params = sum(p.numel() for p in model.parameters())
     if not last_val and last_path.is_file():
         last_val = load_checkpoint(last_path)["metrics"].get("val", {})
+    # the test numbers describe best.pt, the checkpoint users export
+    test_from = out / "best.pt" if (out / "best.pt").is_file() else last_path
+    if test_from.is_file():
+        model = model_from_checkpoint(load_checkpoint(test_from))
     test = evaluate(model, *data.split("test"), info.task)
     return {
         "out": str(out),
@@ -406,7 +483,15 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         "params": params,
         "val": last_val,
         "test": test,
+        "test_from": test_from.name,
     }
+
+
+def _kept(last_path: Path) -> str:
+    """What a stopped run leaves, in words that name a file that exists."""
+    if last_path.is_file():
+        return f"{last_path} keeps the last good epoch"
+    return "no checkpoint was written (the first epoch did not finish)"
 
 
 def _finish_pruning(pruner, model, spec, data, data_dict, out, config) -> dict:
