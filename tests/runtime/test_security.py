@@ -132,7 +132,8 @@ def test_force_replaces_only_bundles(lenet_onnx, lenet_bundle, tmp_path, monkeyp
     assert proc.returncode == 1 and "refusing to replace" in proc.stderr
     again = copy(lenet_bundle, tmp_path)
     build_bundle(lenet_onnx, again, DeployConfig(force=True))  # a bundle: replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "copy", "mydata"]
+    names = sorted(p.name for p in tmp_path.iterdir() if ".retired-" not in p.name)
+    assert names == ["afile.txt", "copy", "mydata"]
 
 
 def test_an_interrupted_replacement_is_reported_and_repaired(lenet_onnx, lenet_bundle, tmp_path):
@@ -192,6 +193,38 @@ def test_empty_batches_and_bad_onnx_files_are_one_line_errors(lenet_bundle, tmp_
         proc = kompakt("deploy", path, "-o", tmp_path / f"{path.stem}-b")
         assert proc.returncode == 1, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_readers_never_see_a_half_replaced_bundle(lenet_onnx, tmp_path):
+    """Engines load in a loop while deploy --force replaces the bundle three times: every load
+    gets a complete bundle (the old or the new), never a missing or mismatched file."""
+    import threading
+
+    out = tmp_path / "live"
+    build_bundle(lenet_onnx, out, DeployConfig())
+    stop, errors, loads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with load(out) as engine:
+                    engine.run(X)
+                loads[0] += 1
+            except Exception as error:  # any failure is a half-done replacement
+                errors.append(f"{type(error).__name__}: {error}")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(3):
+            build_bundle(lenet_onnx, out, DeployConfig(force=True))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    assert loads[0] > 10
+    retired = list(tmp_path.glob(".live.retired-*"))
+    assert len(retired) == 3 and all((r / "kompakt.json").is_file() for r in retired)
 
 
 def _mutations(manifest: dict, rng: random.Random):

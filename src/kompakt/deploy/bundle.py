@@ -512,20 +512,51 @@ def _clean_stale(out: Path, older_than_s: float = 3600.0) -> None:
     for stale in out.parent.glob(f".{out.name}.build-*"):
         if stale.is_dir() and now - stale.stat().st_mtime > older_than_s:
             shutil.rmtree(stale, ignore_errors=True)
+    for retired in out.parent.glob(f".{out.name}.retired-*"):
+        stamp = retired.name.rsplit("-", 1)[-1]
+        if stamp.isdigit() and now - int(stamp) / 1e9 > RETIRED_KEEP_S:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+RETIRED_KEEP_S = 600.0  # a replaced bundle stays readable this long for engines loading it
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where the OS
+    or the filesystem cannot."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished bundle directory into place (replacing dst). A crash between the two
-    renames leaves the old bundle in .NAME.old, which the next deploy puts back (see
-    `_clean_stale`) and `load` points to."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
+    """Put a finished bundle directory in place of dst.
+
+    Where the OS can, the two directories are swapped in one atomic step, so a reader always
+    finds a complete bundle at dst; the replaced one is kept (retired) for RETIRED_KEEP_S so an
+    engine that pinned it mid-load can finish (see PinnedDirectory). Elsewhere two renames are
+    used, and a crash between them leaves the old bundle in .NAME.old, which the next deploy
+    puts back (`_clean_stale`) and `load` points to.
+    """
+    if not dst.exists():
         src.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(dst)
+        return
+    if _exchange(src, dst):
+        src.rename(dst.with_name(f".{dst.name}.retired-{time.time_ns()}"))
+        return
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rewrite_manifest(bundle: Path, manifest: dict) -> None:

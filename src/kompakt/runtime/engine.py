@@ -24,7 +24,7 @@ from kompakt.metrics import class_scores
 from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS
 from kompakt.runtime.cpu import check_int8_bundle
-from kompakt.runtime.manifest import BundleError, confined, read_manifest
+from kompakt.runtime.manifest import BundleError, PinnedDirectory, confined, read_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
 __all__ = ["RUNNERS", "BackendUnavailable", "BackendUnavailableError", "Engine", "load"]
@@ -68,7 +68,18 @@ class Engine:
         trusted_keys: list[str] | None = None,
     ) -> None:
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle, trusted_keys=trusted_keys)
+        if self.bundle.is_symlink():
+            raise BundleError(f"{self.bundle}: the bundle must not be a symlink")
+        self._pin = PinnedDirectory(self.bundle)
+        self.root = self._pin.path  # every file is read through here (see PinnedDirectory)
+        try:
+            self._open(backend, threads, reject_nan, trusted_keys)
+        except BaseException:
+            self._pin.close()
+            raise
+
+    def _open(self, backend, threads, reject_nan, trusted_keys) -> None:
+        self.manifest = read_manifest(self.root, trusted_keys=trusted_keys, pinned=True)
         self.backend = backend or self.manifest["backend"]
         self.inputs = [_spec(e) for e in self.manifest["inputs"]]
         self.outputs = [_spec(e) for e in self.manifest["outputs"]]
@@ -81,7 +92,7 @@ class Engine:
         check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
         try:
-            self._runner = runner(confined(self.bundle, entry["path"]), self.manifest, threads)
+            self._runner = runner(confined(self.root, entry["path"]), self.manifest, threads)
         except KompaktError:
             raise
         except Exception as error:  # the SDK's own message, on one line, naming the file
@@ -222,6 +233,7 @@ class Engine:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+        self._pin.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -54,7 +54,7 @@ def check(engine, record: dict, run_batch: int | None = None) -> dict:
             f"the golden samples {record['file']!r} are not among the bundle's hashed files; "
             "rebuild the bundle"
         )
-    path = confined(engine.bundle, record["file"])
+    path = confined(engine.root, record["file"])
     try:
         with np.load(path, allow_pickle=False) as data:
             inputs, reference = data["inputs"], data["reference"]

@@ -6,6 +6,7 @@ Imports only the standard library, so apps that embed `kompakt.runtime` stay lea
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -116,8 +117,33 @@ def _interrupted(bundle: Path) -> str:
     return ""
 
 
+class PinnedDirectory:
+    """A bundle directory held open, so every file is read from the same directory even if a
+    deploy swaps a new bundle in at the same path meanwhile (Linux: through /proc/self/fd; other
+    systems fall back to the plain path)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = None
+        self.path = path
+        proc = Path("/proc/self/fd")
+        if proc.is_dir() and hasattr(os, "O_DIRECTORY") and path.is_dir():
+            try:
+                self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                self.path = proc / str(self.fd)
+            except OSError:
+                self.fd = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def read_manifest(
-    bundle: str | Path, verify: bool = True, trusted_keys: list[str] | None = None
+    bundle: str | Path,
+    verify: bool = True,
+    trusted_keys: list[str] | None = None,
+    pinned: bool = False,
 ) -> dict:
     """Load, validate and (by default) verify every file's sha256 and size.
 
@@ -133,7 +159,7 @@ def read_manifest(
 
     bundle = Path(bundle)
     path = bundle / MANIFEST
-    if bundle.is_symlink() or path.is_symlink():
+    if (bundle.is_symlink() and not pinned) or path.is_symlink():
         raise BundleError(f"{bundle}: the bundle and its {MANIFEST} must not be symlinks")
     if not path.is_file():
         raise BundleError(
