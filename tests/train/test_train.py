@@ -51,6 +51,17 @@ def test_compressed_training_round_trips_through_the_checkpoint(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
+# a run that diverges in its first steps
+DIVERGING = {
+    "model": "mlp",
+    "data": "synthetic",
+    "epochs": 1,
+    "quiet": True,
+    "lr": 1e30,
+    "optimizer": "sgd",
+}
+
+
 def _weights(path):
     return load_checkpoint(path)["state_dict"]
 
@@ -96,17 +107,7 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tmp_path):
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
-        fit(
-            TrainConfig(
-                model="mlp",
-                data="synthetic",
-                epochs=1,
-                out=str(tmp_path),
-                quiet=True,
-                lr=1e30,
-                optimizer="sgd",
-            )
-        )
+        fit(TrainConfig(out=str(tmp_path), **DIVERGING))
     good = tmp_path / "good"
     fit(TrainConfig(model="mlp", data="synthetic", epochs=1, out=str(good), quiet=True))
     before = _weights(good / "last.pt")
@@ -234,14 +235,4 @@ def test_a_non_finite_validation_epoch_is_never_saved(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "last.pt")["train"]["epoch"] == 1
     fresh = tmp_path / "fresh"
     with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
-        fit(
-            TrainConfig(
-                model="mlp",
-                data="synthetic",
-                epochs=1,
-                out=str(fresh),
-                quiet=True,
-                lr=1e30,
-                optimizer="sgd",
-            )
-        )
+        fit(TrainConfig(out=str(fresh), **DIVERGING))

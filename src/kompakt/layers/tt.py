@@ -456,3 +456,12 @@ def plan_tt_linear(
         "dense_macs": dense * batch,
         "macs_ratio": round(dense * batch / macs, 2),
     }
+
+
+def export_info(layer) -> dict:
+    """What the export report and the ONNX metadata record of a TT layer: modes and ranks."""
+    return {
+        "in_modes": list(layer.in_modes),
+        "out_modes": list(layer.out_modes),
+        "ranks": list(layer.ranks),
+    }

@@ -386,11 +386,7 @@ class TTConv2d(CompressedLayer):
         return self
 
     def export_info(self) -> dict:
-        return {
-            "in_modes": list(self.in_modes),
-            "out_modes": list(self.out_modes),
-            "ranks": list(self.ranks),
-        }
+        return tt.export_info(self)
 
     def export_constants(self) -> tuple[int, int | None]:
         rebuilt = self.dense_params() if self.forward_mode != "factored" else None

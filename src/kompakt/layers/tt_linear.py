@@ -208,11 +208,7 @@ class TTLinear(CompressedLayer):
         }
 
     def export_info(self) -> dict:
-        return {
-            "in_modes": list(self.in_modes),
-            "out_modes": list(self.out_modes),
-            "ranks": list(self.ranks),
-        }
+        return tt.export_info(self)
 
     def export_constants(self) -> tuple[int, int | None]:
         return max(c.numel() for c in self.cores), None
