@@ -127,6 +127,42 @@ def data_group() -> None:
     """Datasets: embedded real data, file formats, synthetic."""
 
 
+@data_group.command("samples")
+@click.argument("dataset")
+@click.option("-n", "--n", "count", default=8, show_default=True, help="How many images.")
+@click.option("-o", "--out", "out", required=True, help="Directory for the PNG files.")
+@click.option("--split", default="test", show_default=True, help="train, val or test.")
+@click.option("--data-root", default=None, help="Directory for file-based datasets.")
+def data_samples_command(
+    dataset: str, count: int, out: str, split: str, data_root: str | None
+) -> None:
+    """Write N images of a dataset as PNG files (named INDEX_LABEL.png), e.g. for predict."""
+    import numpy as np
+
+    from kompakt.data import load_dataset
+    from kompakt.runtime import require
+
+    image_module = require("PIL.Image", "data", "kompakt data samples (it writes PNG files)")
+    data = load_dataset(dataset, root=data_root)
+    if split not in data.raw:
+        raise ConfigError(f"split must be one of {sorted(data.raw)}, got {split!r}")
+    raw, labels = data.raw[split][:count], data.y[split][:count]
+    if raw.ndim != 4 or raw.shape[1] not in (1, 3) or raw.min() < 0 or raw.max() > 255:
+        raise ConfigError(
+            f"{dataset} is not 8-bit images (shape {raw.shape[1:]}, values {raw.min():.3g}.."
+            f"{raw.max():.3g}); samples can only be written for image datasets"
+        )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = data.info.class_names
+    for i, (image, label) in enumerate(zip(raw, labels.tolist(), strict=True)):
+        pixels = np.round(image).astype(np.uint8).transpose(1, 2, 0)
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+        name = names[label] if names else str(label)
+        image_module.fromarray(pixels).save(folder / f"{i:04d}_{name}.png")
+    click.echo(f"wrote {len(raw)} {dataset} {split} images to {folder}")
+
+
 def _add_list_command(group: click.Group, what: str, load_registry) -> None:
     @group.command("list", help=f"List the registered {what}.")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

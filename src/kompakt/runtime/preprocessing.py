@@ -25,8 +25,8 @@ class Preprocessing:
     Args:
         mean: per-channel mean on the scaled pixels (one value broadcasts to every channel).
         std: per-channel standard deviation on the scaled pixels.
-        scale: multiplies the raw pixel values first (1/255 for 8-bit images, 1/16 for sklearn's
-            digits, 1.0 for data already in [0, 1]).
+        scale: multiplies the raw pixel values first (1/255 for 8-bit images, which every
+            embedded image dataset uses; 1.0 for data already in [0, 1]).
         layout: "CHW" or "HWC" for the raw images `apply` receives as arrays of rank 3; the model
             input is always NCHW.
     """
