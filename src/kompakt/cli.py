@@ -499,19 +499,33 @@ def predict_command(
     default=None,
     help="OLD.json NEW.json: print regressions, exit 1 if any.",
 )
-@click.option("--threshold", default=0.10, show_default=True, type=float)
+@click.option(
+    "--threshold",
+    default=0.10,
+    show_default=True,
+    type=float,
+    help="With --compare: the slowdown (a fraction) that counts as a regression, raised to "
+    "twice the runs' coefficient of variation when they were noisier.",
+)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def bench_command(ctx: click.Context, bundles: tuple[str, ...], **_: object) -> None:
     """Measure bundles side by side: latency, memory, size, accuracy, parity."""
     from kompakt.runtime_bench.bench import compare as compare_results
-    from kompakt.runtime_bench.bench import run_config
+    from kompakt.runtime_bench.bench import compare_table, run_config
 
     compare, threshold = ctx.params["compare"], ctx.params["threshold"]
     if compare:
         old, new = (_read_results(p) for p in compare)
         regressions = compare_results(old, new, threshold)
+        for row in compare_table(old, new):
+            change = "" if row["change"] is None else f"{row['change']:+.1%}"
+            noise = "" if row["noise_cv"] is None else f"  (noise cv {row['noise_cv']:.0%})"
+            click.echo(
+                f"{row['bundle']:<28} {row['what']:<30} {row['old']:>10.4g} -> "
+                f"{row['new']:>10.4g} {change:>8}{noise}"
+            )
         for line in regressions:
             click.echo(f"REGRESSION {line}")
         if regressions:

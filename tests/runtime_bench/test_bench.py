@@ -74,11 +74,18 @@ def test_latency_stats_percentiles():
 
 def test_compare_detects_a_planted_regression(results, tmp_path):
     out, _ = results
+    out = json.loads(json.dumps(out))
+    for entry in out["bundles"]:  # quiet runs, so only the planted change stands out
+        for stats in entry["latency"].values():
+            stats["cv"] = 0.02
     slower = json.loads(json.dumps(out))
     slower["bundles"][1]["latency"]["1"]["p50_ms"] *= 1.5
     assert compare(out, out) == []
     regressions = compare(out, slower)
     assert len(regressions) == 1 and regressions[0].startswith("int8 batch 1: p50")
+    noisy = json.loads(json.dumps(slower))
+    noisy["bundles"][1]["latency"]["1"]["cv"] = 0.4  # +50 % inside a 40 % spread: noise
+    assert compare(out, noisy) == []
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps(out))
     new.write_text(json.dumps(slower))
@@ -88,6 +95,7 @@ def test_compare_detects_a_planted_regression(results, tmp_path):
         text=True,
     )
     assert proc.returncode == 1 and "REGRESSION int8 batch 1" in proc.stdout
+    assert "p50 b1 ms" in proc.stdout and "+50.0%" in proc.stdout  # the old -> new table
     same = subprocess.run(
         [sys.executable, "-m", "kompakt.cli", "bench", "--compare", str(old), str(old)],
         capture_output=True,

@@ -372,10 +372,13 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
         for batch, stats in entry["latency"].items():
             if batch in ref["latency"]:
                 was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
-                if now > was * (1 + threshold):
+                # a change inside the runs' own spread is noise, not a regression
+                noise = 2 * max(ref["latency"][batch].get("cv", 0), stats.get("cv", 0))
+                limit = max(threshold, noise)
+                if now > was * (1 + limit):
                     regressions.append(
                         f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
-                        f"{now:.3f} ms (+{now / was - 1:.0%})"
+                        f"{now:.3f} ms (+{now / was - 1:.0%}, beyond the {limit:.0%} allowed)"
                     )
         was_metrics = ref.get("metrics") or _legacy_metrics(ref)
         now_metrics = entry.get("metrics") or _legacy_metrics(entry)
@@ -396,6 +399,47 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
                     f"{metric.format(now)}{unit} (worse than the {limit:g} limit)"
                 )
     return regressions
+
+
+def compare_table(old: dict, new: dict) -> list[dict]:
+    """Every latency and metric of the bundles in both results: old -> new and the change."""
+    rows = []
+    before = {b["name"]: b for b in old["bundles"]}
+    for entry in new["bundles"]:
+        ref = before.get(entry["name"])
+        if ref is None:
+            continue
+        for batch, stats in entry["latency"].items():
+            if batch in ref["latency"]:
+                was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
+                noise = max(ref["latency"][batch].get("cv", 0), stats.get("cv", 0))
+                rows.append(
+                    {
+                        "bundle": entry["name"],
+                        "what": f"p50 b{batch} ms",
+                        "old": was,
+                        "new": now,
+                        "change": now / was - 1 if was else None,
+                        "noise_cv": noise,
+                    }
+                )
+        was_m = ref.get("metrics") or _legacy_metrics(ref)
+        now_m = entry.get("metrics") or _legacy_metrics(entry)
+        for name in METRICS.names():
+            if was_m.get(name) is not None and now_m.get(name) is not None:
+                metric = METRICS.get(name)
+                was, now = was_m[name] * metric.scale, now_m[name] * metric.scale
+                rows.append(
+                    {
+                        "bundle": entry["name"],
+                        "what": f"{metric.label} {metric.unit}".strip(),
+                        "old": was,
+                        "new": now,
+                        "change": now / was - 1 if was else None,
+                        "noise_cv": None,
+                    }
+                )
+    return rows
 
 
 def _legacy_metrics(entry: dict) -> dict:
