@@ -92,3 +92,26 @@ def test_pipeline_sections_are_checked_against_the_stage_dataclasses():
     ]:
         with pytest.raises(ConfigError, match=where):
             parse_config({**base, **bad})
+
+
+def test_toml_keys_may_use_dashes_like_the_cli(tmp_path, monkeypatch):
+    import kompakt.train
+
+    seen = {}
+
+    def fake_fit(config):
+        seen["c"] = config
+        return {}
+
+    monkeypatch.setattr(kompakt.train, "fit", fake_fit)
+    config = tmp_path / "t.toml"
+    config.write_text("[train]\nbatch-size = 32\nlabel_smoothing = 0.1\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (seen["c"].batch_size, seen["c"].label_smoothing, seen["c"].out) == (
+        32,
+        0.1,
+        str(tmp_path),
+    )
+    parsed = parse_config({"models": [{"name": "m", "batch-size": 8}], "bench": {"warmup-s": 0.1}})
+    assert parsed.models[0]["batch_size"] == 8 and parsed.bench["warmup_s"] == 0.1

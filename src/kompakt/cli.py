@@ -242,7 +242,7 @@ def train_command(ctx: click.Context, **_: object) -> None:
 @click.option("--finetune-epochs", default=3, show_default=True, type=int)
 @click.option("--lr", default=0.01, show_default=True, type=float)
 @click.option("--data-root", default=None)
-@click.option("--out", required=True, help="Output directory.")
+@click.option("-o", "--out", required=True, help="Output directory.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(
@@ -307,7 +307,7 @@ def inspect_command(path: str, as_json: bool) -> None:
 
 @cli.command("export")
 @click.argument("ckpt", type=click.Path())
-@click.option("-o", "--output", "output", required=True, help="The .onnx file to write.")
+@click.option("-o", "--out", "--output", "output", required=True, help="The .onnx file to write.")
 @click_options(ExportConfig)
 @click.option("--mean", default=None, help="Override the preprocessing mean, e.g. 0.49,0.48,0.45.")
 @click.option("--std", default=None, help="Override the preprocessing std, e.g. 0.25,0.24,0.26.")
@@ -358,7 +358,7 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 
 @cli.command("deploy")
 @click.argument("model", type=click.Path(), required=False)
-@click.option("-o", "--output", "output", help="The bundle directory to write.")
+@click.option("-o", "--out", "--output", "output", help="The bundle directory to write.")
 @click_options(DeployConfig)
 @click_options(BuildOptions)
 @click.option("--list-backends", is_flag=True, help="List backends, their precisions, status.")
@@ -560,7 +560,7 @@ def _read_results(path: str) -> dict:
     default=None,
     help="Pipeline TOML (default: the packaged mnist5k run).",
 )
-@click.option("--out", default=None, help="Output directory (overrides [pipeline] out).")
+@click.option("-o", "--out", default=None, help="Output directory (overrides [pipeline] out).")
 @click.option("--force", is_flag=True, help="Re-run every stage, ignoring the cache.")
 @click.option("--show-config", is_flag=True, help="Print the default config and exit.")
 @click.option("--json", "as_json", is_flag=True)

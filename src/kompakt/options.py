@@ -30,6 +30,7 @@ def opt(
     cli: bool = True,
     parse: Callable[[str], Any] | None = None,
     metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field with its CLI help.
 
@@ -38,8 +39,9 @@ def opt(
         help: the option's help line.
         cli: False keeps it out of the generated CLI options (TOML / API only).
         parse: turns the CLI string into the value (for types click cannot express).
+        aliases: other spellings of the option (e.g. "-o" for an output).
     """
-    metadata = {"help": help, "cli": cli, "parse": parse, "metavar": metavar}
+    metadata = {"help": help, "cli": cli, "parse": parse, "metavar": metavar, "aliases": aliases}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,6 +81,7 @@ def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
         kind = _unwrap_optional(hints[field.name])
         default = _default(field)
         flag = "--" + field.name.replace("_", "-")
+        names = [*meta.get("aliases", ()), flag, field.name]
         kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default}
         if kind is bool:
             if default is False:
@@ -103,7 +106,7 @@ def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             continue  # dicts, lists, tuples: TOML / API only
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
-        decorators.append(click.option(flag, show_default=default is not None, **kwargs))
+        decorators.append(click.option(*names, show_default=default is not None, **kwargs))
 
     def apply(command: Callable) -> Callable:
         for decorator in reversed(decorators):
@@ -111,6 +114,12 @@ def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
         return command
 
     return apply
+
+
+def underscored(values: dict) -> dict:
+    """TOML keys may be spelled like the CLI options (calib-samples) or the fields
+    (calib_samples); both mean the same."""
+    return {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in values.items()}
 
 
 def field_names(cls: type) -> set[str]:
@@ -183,7 +192,7 @@ def config_from(ctx: Any, cls: type | tuple[type, ...], section: str) -> Any:
         from kompakt._io import load_toml
 
         loaded = load_toml(path)
-        file_values = loaded.get(section, loaded)
+        file_values = underscored(loaded.get(section, loaded))
     check_keys(file_values, classes, f"the config file's [{section}]")
     configs = []
     for one in classes:

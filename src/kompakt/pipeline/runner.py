@@ -81,6 +81,10 @@ def parse_config(config: dict) -> PipelineConfig:
     from kompakt.runtime_bench.bench import BenchConfig
     from kompakt.train import TrainConfig
 
+    config.update({k: options.underscored(v) for k, v in config.items() if isinstance(v, dict)})
+    config["models"] = [options.underscored(m) for m in config.get("models", [])]
+    if isinstance(config.get("deploy", {}).get("targets"), list):
+        config["deploy"]["targets"] = [options.underscored(t) for t in config["deploy"]["targets"]]
     known = {"pipeline", "models", "export", "deploy", "bench"}
     unknown = set(config) - known
     if unknown:

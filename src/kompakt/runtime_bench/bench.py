@@ -60,7 +60,9 @@ class BenchConfig:
     data_root: str | None = opt(None, "Directory for file-based datasets.")
     ckpt: str | None = opt(None, "Checkpoint for PyTorch-vs-engine parity.")
     rounds: int = opt(2, "Interleaved rounds (A B A B ...).")
-    report: str | None = opt(None, "Directory for results.json, report.md, CSV and PNGs.")
+    report: str | None = opt(
+        None, "Directory for results.json, report.md, CSV and PNGs.", aliases=("-o", "--out")
+    )
     quiet: bool = opt(False, "No progress bar.")
 
     def __post_init__(self) -> None:

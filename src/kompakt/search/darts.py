@@ -37,7 +37,7 @@ class SearchConfig:
     data: str = opt("digits", "A name from `kompakt data list`.")
     data_root: str | None = opt(None, "Directory for file-based datasets.")
     epochs: int = opt(10, "Search epochs.")
-    out: str = opt("runs/search", "Output directory.")
+    out: str = opt("runs/search", "Output directory.", aliases=("-o",))
     width: int = opt(64, "Channels / features of the cell.")
     nodes: int = opt(3, "Nodes of the cell.")
     batch_size: int = opt(64, "Batch size.")

@@ -48,7 +48,7 @@ class TrainConfig:
     model: str = opt("lenet5", "A name from `kompakt models list`.")
     data: str = opt("digits", "A name from `kompakt data list`.")
     epochs: int = opt(10, "Epochs to train (with --resume: the total, counting the done ones).")
-    out: str = opt("runs/train", "Output directory.")
+    out: str = opt("runs/train", "Output directory.", aliases=("-o",))
     data_root: str | None = opt(None, "Directory for file-based datasets.")
     model_kwargs: dict = opt(factory=dict, cli=False)  # the CLI spells these --model-arg K=V
     compress: str | None = opt(None, "e.g. tt:ranks=8, tt:eps=0.1, meta:groups=4")
