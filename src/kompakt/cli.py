@@ -585,8 +585,15 @@ def pipeline_command(
     )
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"kompakt: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # no source lines of ours on a user's terminal
     cli.main(args=argv, prog_name="kompakt")
 
 

@@ -129,3 +129,27 @@ def test_batches_above_a_bundles_max_are_reported_not_dropped_silently(two_bundl
     entry = out["bundles"][0]
     assert set(entry["latency"]) == {"1"}
     assert any("max batch 64" in w for w in entry["warnings"])
+
+
+def test_cli_warnings_are_one_line_each(two_bundles):
+    from clirun import kompakt
+
+    proc = kompakt(
+        "bench",
+        two_bundles[0],
+        "--batches",
+        "1,128",
+        "--min-runs",
+        "2",
+        "--duration-s",
+        "0.05",
+        "--warmup-s",
+        "0",
+        "--rounds",
+        "1",
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert any(ln.startswith("kompakt: warning: ") and "batch 128" in ln for ln in lines)
+    assert all(ln.startswith("kompakt: warning: ") for ln in lines), lines

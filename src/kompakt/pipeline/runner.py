@@ -203,7 +203,9 @@ def run_pipeline(
         settings = {**train_defaults, **{k: v for k, v in entry.items() if k != "name"}}
         settings["init_from"] = str(checkpoints[upstream]) if upstream else None
         train_config = options.build(
-            TrainConfig, {**settings, "out": str(folder), "quiet": True}, f"model {name!r}"
+            TrainConfig,
+            {**settings, "out": str(folder), "quiet": False},  # one line per epoch, with ETA
+            f"model {name!r}",
         )
         upstream_hash = _file_hash(checkpoints[upstream]) if upstream else None
         step = Step(
@@ -305,7 +307,7 @@ def run_pipeline(
             "data": plan.train.get("data"),
             "data_root": plan.train.get("data_root"),
             "report": str(report),
-            "quiet": True,
+            "quiet": False,
         }
     )
     manifests = [_file_hash(b / "kompakt.json") for b in bundles]

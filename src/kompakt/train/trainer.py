@@ -459,8 +459,10 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         with open(metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         if not config.quiet:
+            remaining = (config.epochs - epoch - 1) * row["time_s"]
+            row_shown = {**row, "eta_s": round(remaining, 1)}
             shown = ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row_shown.items()
             )
             print(shown, file=sys.stderr)
     if rank != 0:
