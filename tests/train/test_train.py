@@ -236,3 +236,30 @@ def test_a_non_finite_validation_epoch_is_never_saved(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
         fit(TrainConfig(out=str(fresh), **DIVERGING))
+
+
+def test_divergence_warns_and_can_stop_the_run(tmp_path, monkeypatch):
+    import kompakt.train.trainer as trainer
+    from kompakt.train import TrainHook
+
+    losses = iter([1.0, 500.0, 500.0])  # epoch 2's loss explodes
+    real = trainer._loss
+
+    def loss(task, logits, y, smoothing):  # scale the real loss per epoch, keep gradients
+        return real(task, logits, y, smoothing) * scale["now"]
+
+    scale = {"now": 1.0}
+
+    class Epochs(TrainHook):
+        def after_epoch(self, epoch, metrics):
+            scale["now"] = next(losses)
+            return metrics
+
+    monkeypatch.setattr(trainer, "_loss", loss)
+    base = {"model": "mlp", "data": "synthetic", "epochs": 3, "quiet": True, "lr": 1e-4}
+    with pytest.warns(UserWarning, match="over 100x the best"):
+        fit(TrainConfig(out=str(tmp_path / "a"), **base), hooks=[Epochs()])
+    losses = iter([1.0, 500.0, 500.0])
+    scale["now"] = 1.0
+    with pytest.raises(TrainingDivergedError, match="stop-on-divergence"):
+        fit(TrainConfig(out=str(tmp_path / "b"), stop_on_divergence=True, **base), hooks=[Epochs()])

@@ -69,6 +69,9 @@ class TrainConfig:
         None, "Filter pruning during training (relevance statistics with dummy filters)."
     )
     prune_target: float = opt(0.6, "Filter sparsity to reach with --prune (a fraction).")
+    stop_on_divergence: bool = opt(
+        False, "Stop (instead of warning) when an epoch's train loss exceeds 100x its best."
+    )
     resume_override: bool = opt(
         False, "With --resume, apply options that differ from the checkpoint's run."
     )
@@ -425,6 +428,11 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             )
         epoch_loss = running / max(seen, 1)
         best_loss = min(best_loss, epoch_loss)
+        if epoch_loss > 100 * best_loss and config.stop_on_divergence:
+            raise TrainingDivergedError(
+                f"epoch {epoch + 1}: train loss {epoch_loss:.4g} is over 100x the best so far "
+                f"({best_loss:.4g}); stopped (--stop-on-divergence); {_kept(last_path)}"
+            )
         if epoch_loss > 100 * best_loss:
             warnings.warn(
                 f"epoch {epoch + 1}: train loss {epoch_loss:.4g} is over 100x the best so far "
