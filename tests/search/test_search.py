@@ -122,3 +122,60 @@ def test_conv_space_and_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["genotype"]["space"] == "conv" and len(result["genotype"]["edges"]) == 1
+
+
+def test_a_cell_of_only_parameter_free_edges_is_never_returned():
+    from kompakt.search import SuperNet
+
+    net = SuperNet("mlp", 3, 1, 8, width=8, nodes=2)
+    with torch.no_grad():
+        for edge in net.edges.values():  # identity wins every edge by far
+            edge.gamma.zero_()
+            edge.gamma[edge.names.index("identity")] = 10.0
+            edge.gamma[edge.names.index("linear-narrow")] = 1.0
+    genotype = net.genotype()
+    ops = [e["op"] for e in genotype["edges"]]
+    assert "linear-narrow" in ops and set(ops) - {"linear-narrow"} <= {"identity"}
+
+
+def test_search_saves_the_best_epoch_on_validation(tmp_path):
+    result = search(
+        SearchConfig(
+            space="mlp",
+            data="synthetic",
+            epochs=3,
+            width=16,
+            nodes=1,
+            out=str(tmp_path),
+            quiet=True,
+        )
+    )
+    history = json.loads((tmp_path / "history.json").read_text())
+    scores = [h["discretised_val"]["accuracy"] for h in history]
+    assert result["best_epoch"] == 1 + scores.index(max(scores))
+    assert result["val"]["accuracy"] == max(scores)
+    assert result["genotype"] == history[result["best_epoch"] - 1]["genotype"]
+
+
+def test_regression_search_and_retrain_do_not_diverge_with_defaults(tmp_path):
+    result = search(
+        SearchConfig(
+            space="mlp",
+            data="boston",
+            epochs=2,
+            width=16,
+            nodes=1,
+            out=str(tmp_path / "s"),
+            quiet=True,
+        )
+    )
+    retrained = fit(
+        TrainConfig(
+            init_from=result["searched"],
+            data="boston",
+            epochs=2,
+            out=str(tmp_path / "r"),
+            quiet=True,
+        )
+    )
+    assert retrained["test"]["rmse"] < 20

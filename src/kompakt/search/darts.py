@@ -27,6 +27,7 @@ from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import make_checkpoint, save_checkpoint
 from kompakt.options import opt
 from kompakt.search.space import SearchedNet, SuperNet
+from kompakt.train.trainer import evaluate
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class SearchConfig:
     width: int = opt(64, "Channels / features of the cell.")
     nodes: int = opt(3, "Nodes of the cell.")
     batch_size: int = opt(64, "Batch size.")
-    lr: float = opt(0.01, "Learning rate of the weights.")
+    lr: float | None = opt(
+        None, "Learning rate of the weights; default 0.01 (0.002 for regression tasks)."
+    )
     arch_lr: float = opt(3e-3, "Learning rate of the structure parameters.")
     prior: Literal["dirichlet", "none"] = opt("dirichlet", "Prior on the edge weights.")
     prior_weight: float = opt(0.01, "Weight of the prior (lambda).")
@@ -108,9 +111,8 @@ def search(config: SearchConfig) -> dict:
     info = data.info
     c, h, _ = info.input_shape
     net = SuperNet(config.space, info.num_classes, c, h, config.width, config.nodes)
-    weights = torch.optim.SGD(
-        net.weight_parameters(), lr=config.lr, momentum=0.9, weight_decay=3e-4
-    )
+    lr = config.lr or (0.002 if info.task == "regression" else 0.01)
+    weights = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
     arch = torch.optim.Adam(net.structure_parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
     costs = _param_costs(net)
     x_train, y_train = data.split("train")
@@ -121,6 +123,7 @@ def search(config: SearchConfig) -> dict:
     steps = math.ceil(len(x_train) / config.batch_size)
     start = time.perf_counter()
     history = []
+    best = None  # (score, discretised model, epoch): the cell saved is the best on validation
     show = not config.quiet and sys.stderr.isatty()
     for epoch in range(config.epochs):
         order = torch.randperm(len(x_train), generator=gen)
@@ -144,23 +147,33 @@ def search(config: SearchConfig) -> dict:
                 config,
                 costs,
             )
+        # the discretised cell of this epoch, judged on the whole validation split
+        candidate = SearchedNet(info.num_classes, c, h, net.genotype())
+        _inherit_weights(net, candidate)
+        val = evaluate(candidate, x_val, y_val, info.task)
+        score = val["accuracy"] if "accuracy" in val else -val.get("rmse", val["loss"])
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
-                "genotype": net.genotype(),
+                "discretised_val": val,
+                "genotype": candidate.genotype,
             }
         )
+        if best is None or score > best[0]:
+            best = (score, candidate, epoch + 1)
         if not config.quiet:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (epoch + 1) * (config.epochs - epoch - 1)
+            edges = [(e["from"], e["to"], e["op"]) for e in candidate.genotype["edges"]]
             print(
-                f"epoch {epoch + 1}: train {train_loss:.4f} val {val_loss:.4f} "
-                f"edges {[(e['from'], e['to'], e['op']) for e in net.genotype()['edges']]}",
+                f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} val {val_loss:.4f} "
+                f"discretised val {val} edges {edges} eta {eta:.0f} s",
                 file=sys.stderr,
             )
-    genotype = net.genotype()
-    model = SearchedNet(info.num_classes, c, h, genotype)
-    _inherit_weights(net, model)
+    _, model, best_epoch = best
+    genotype = model.genotype
     kwargs = {
         "num_classes": info.num_classes,
         "in_channels": c,
@@ -168,8 +181,6 @@ def search(config: SearchConfig) -> dict:
         "genotype": genotype,
     }
     spec = {"name": "searched", "kwargs": kwargs, "layers": []}
-    from kompakt.train.trainer import evaluate
-
     val = evaluate(model, x_val, y_val, info.task)
     ckpt = make_checkpoint(
         model,
@@ -192,6 +203,7 @@ def search(config: SearchConfig) -> dict:
         "genotype": genotype,
         "params": sum(p.numel() for p in model.parameters()),
         "val": val,
+        "best_epoch": best_epoch,
         "search_seconds": round(time.perf_counter() - start, 1),
     }
 

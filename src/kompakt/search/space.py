@@ -88,7 +88,28 @@ class SuperNet(nn.Module):
             )
             i, j = (int(v) for v in best.split("_"))
             edges.append({"from": i, "to": j, "op": self._best_nonzero(best)[0]})
+        if not any(self._computes(f"{e['from']}_{e['to']}", e["op"]) for e in edges):
+            # a cell of identity / pooling edges computes nothing: keep the strongest edge
+            # into the last node, with its strongest primitive that has weights
+            key = max(
+                (f"{e['from']}_{e['to']}" for e in edges if e["to"] == self.nodes),
+                key=lambda k: max(self._weighted(k).values()),
+            )
+            op = max(self._weighted(key), key=self._weighted(key).__getitem__)
+            for e in edges:
+                if f"{e['from']}_{e['to']}" == key:
+                    e["op"] = op
         return {"space": self.space, "width": self.width, "nodes": self.nodes, "edges": edges}
+
+    def _computes(self, key: str, op: str) -> bool:
+        edge = self.edges[key]
+        return any(p.numel() for p in edge.ops[edge.names.index(op)].parameters())
+
+    def _weighted(self, key: str) -> dict[str, float]:
+        """Mixture weight of each primitive of an edge that has parameters."""
+        edge = self.edges[key]
+        w = edge.weights().detach()
+        return {n: float(w[k]) for k, n in enumerate(edge.names) if self._computes(key, n)}
 
     def _best_nonzero(self, key: str) -> tuple[str, float]:
         edge = self.edges[key]

@@ -54,7 +54,9 @@ class TrainConfig:
     compress: str | None = opt(None, "e.g. tt:ranks=8, tt:eps=0.1, meta:groups=4")
     init_from: str | None = opt(None, "Start from this checkpoint's model and weights.")
     optimizer: Literal["sgd", "adam"] = opt("sgd", "Optimiser.")
-    lr: float | None = opt(None, "Learning rate; default 0.05 (sgd) / 1e-3 (adam).")
+    lr: float | None = opt(
+        None, "Learning rate; default 0.05 (sgd; 0.002 for regression) / 1e-3 (adam)."
+    )
     momentum: float = opt(0.9, "SGD momentum.")
     weight_decay: float = opt(5e-4, "L2 weight decay.")
     schedule: Literal["cosine", "step", "none"] = opt("cosine", "Learning-rate schedule.")
@@ -186,11 +188,16 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
     return model, spec, report
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+# SGD's default learning rate per task: regression targets in their own units (house prices)
+# give large gradients, and 0.05 diverges on boston (0.002 reaches RMSE 4.9 in 6 epochs)
+DEFAULT_SGD_LR = {"classification": 0.05, "regression": 0.002}
+
+
+def _optimizer(config: TrainConfig, model: nn.Module, task: str) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
-            lr=config.lr or 0.05,
+            lr=config.lr or DEFAULT_SGD_LR.get(task, 0.05),
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
@@ -327,7 +334,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     if report and rank == 0 and not config.quiet:
         print(report, file=sys.stderr)
     model.train()
-    optimizer = _optimizer(config, model)
+    optimizer = _optimizer(config, model, info.task)
     scheduler = _scheduler(config, optimizer)
     if resume_state is not None:
         state = resume_state["train"]
