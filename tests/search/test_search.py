@@ -179,3 +179,21 @@ def test_regression_search_and_retrain_do_not_diverge_with_defaults(tmp_path):
         )
     )
     assert retrained["test"]["rmse"] < 20
+
+
+def test_conv_space_defaults_are_small_and_old_genotypes_keep_their_stem():
+    from kompakt.models.searched import SearchedNet
+
+    config = SearchConfig(space="conv")
+    assert (config.width, config.nodes) == (16, 2)
+    assert (SearchConfig(space="mlp").width, SearchConfig(space="mlp").nodes) == (64, 3)
+    old = {
+        "space": "conv",
+        "width": 8,
+        "nodes": 1,
+        "edges": [{"from": 0, "to": 1, "op": "conv3x3"}],
+    }
+    net = SearchedNet(10, 1, 28, old)
+    assert net.stem.body[0].stride == (1, 1)  # a genotype without stem_stride: as it was built
+    net = SearchedNet(10, 1, 28, {**old, "stem_stride": 2})
+    assert net.stem.body[0].stride == (2, 2) and net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

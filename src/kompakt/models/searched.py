@@ -66,8 +66,16 @@ def primitives(space: str, width: int) -> dict[str, Callable[[], nn.Module]]:
     return SPACES[space](width)
 
 
+def stem_stride(space: str, image_size: int) -> int:
+    """The conv stem halves images of 16 pixels or more: the cell then runs at a quarter of
+    the positions, which keeps a conv-space search epoch on mnist5k under a minute."""
+    return 2 if space == "conv" and image_size >= 16 else 1
+
+
 class _Stem(nn.Module):
-    def __init__(self, space: str, in_channels: int, image_size: int, width: int) -> None:
+    def __init__(
+        self, space: str, in_channels: int, image_size: int, width: int, stride: int = 1
+    ) -> None:
         super().__init__()
         if space == "mlp":
             self.body = nn.Sequential(
@@ -76,7 +84,7 @@ class _Stem(nn.Module):
             self.head_in = width
         else:
             self.body = nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(),
             )
@@ -116,7 +124,10 @@ class SearchedNet(nn.Module):
         self.space, self.width = genotype["space"], genotype["width"]
         self.nodes = genotype["nodes"]
         make = primitives(self.space, self.width)
-        self.stem = _Stem(self.space, in_channels, image_size, self.width)
+        # genotypes written before the strided stem existed have no stem_stride: stride 1
+        self.stem = _Stem(
+            self.space, in_channels, image_size, self.width, genotype.get("stem_stride", 1)
+        )
         self.edge_list = [(e["from"], e["to"]) for e in genotype["edges"]]
         self.edges = nn.ModuleDict(
             {f"{e['from']}_{e['to']}": make[e["op"]]() for e in genotype["edges"]}

@@ -39,8 +39,8 @@ class SearchConfig:
     data_root: str | None = opt(None, "Directory for file-based datasets.")
     epochs: int = opt(10, "Search epochs.")
     out: str = opt("runs/search", "Output directory.", aliases=("-o",))
-    width: int = opt(64, "Channels / features of the cell.")
-    nodes: int = opt(3, "Nodes of the cell.")
+    width: int | None = opt(None, "Channels / features of the cell; default 64 (mlp), 16 (conv).")
+    nodes: int | None = opt(None, "Nodes of the cell; default 3 (mlp), 2 (conv).")
     batch_size: int = opt(64, "Batch size.")
     lr: float | None = opt(
         None, "Learning rate of the weights; default 0.01 (0.002 for regression tasks)."
@@ -56,6 +56,11 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.prior not in ("dirichlet", "none"):
             raise ConfigError(f"prior must be 'dirichlet' or 'none', got {self.prior!r}")
+        conv = self.space == "conv"
+        if self.width is None:
+            object.__setattr__(self, "width", 16 if conv else 64)
+        if self.nodes is None:
+            object.__setattr__(self, "nodes", 2 if conv else 3)
         if self.epochs < 1 or self.nodes < 1 or self.width < 1 or self.batch_size < 1:
             raise ConfigError("epochs, nodes, width and batch_size must be >= 1")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kompakt.models.searched import SearchedNet, _head, _Stem, primitives
+from kompakt.models.searched import SearchedNet, _head, _Stem, primitives, stem_stride
 
 __all__ = ["MixedOp", "SearchedNet", "SuperNet"]
 
@@ -51,7 +51,8 @@ class SuperNet(nn.Module):
         self.space, self.width, self.nodes = space, width, nodes
         self.dims = (num_classes, in_channels, image_size)
         make = primitives(space, width)
-        self.stem = _Stem(space, in_channels, image_size, width)
+        self.stride = stem_stride(space, image_size)
+        self.stem = _Stem(space, in_channels, image_size, width, self.stride)
         self.edges = nn.ModuleDict(
             {
                 f"{i}_{j}": MixedOp({name: build() for name, build in make.items()})
@@ -99,7 +100,13 @@ class SuperNet(nn.Module):
             for e in edges:
                 if f"{e['from']}_{e['to']}" == key:
                     e["op"] = op
-        return {"space": self.space, "width": self.width, "nodes": self.nodes, "edges": edges}
+        return {
+            "space": self.space,
+            "width": self.width,
+            "nodes": self.nodes,
+            "stem_stride": self.stride,
+            "edges": edges,
+        }
 
     def _computes(self, key: str, op: str) -> bool:
         edge = self.edges[key]
