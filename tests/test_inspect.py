@@ -57,3 +57,31 @@ def test_inspect_counts_meta_head_macs_exactly():
     head = MetaHead(64, 20, groups=4, meta_out=2)  # L = 10 features per output group
     row = inspect_model(torch.nn.Sequential(torch.nn.Flatten(), head), (1, 8, 8))["layers"][-1]
     assert row["macs"] == 64 * 10 + 10 * 4 * 2  # grouped FCs (K * L) + Meta (L * G * M)
+
+
+def test_inspect_onnx_counts_shared_weights_once_and_no_shape_constants(tmp_path, lenet_bundle):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kompakt.inspect import inspect_onnx
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="first"),
+            helper.make_node("MatMul", ["h", "w"], ["h2"], name="again"),  # the same weight
+            helper.make_node("Reshape", ["h2", "shape"], ["y"], name="flat"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight, shape],
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph), path)
+    report = inspect_onnx(str(path))
+    assert sum(row["params"] for row in report["layers"]) == 16
+    bundle_report = inspect_onnx(str(lenet_bundle))  # a bundle: its source graph
+    assert sum(row["params"] for row in bundle_report["layers"]) > 0

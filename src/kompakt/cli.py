@@ -295,7 +295,7 @@ def inspect_command(path: str, as_json: bool) -> None:
     from kompakt.inspect import format_inspection, inspect_model
     from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
-    if path.endswith(".onnx"):
+    if path.endswith(".onnx") or Path(path).is_dir():  # an ONNX file or a bundle
         from kompakt.inspect import inspect_onnx
 
         report = inspect_onnx(path)

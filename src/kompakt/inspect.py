@@ -4,6 +4,7 @@ activation memory) for a checkpoint's model, with each factored layer's compress
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,11 +101,18 @@ def format_inspection(report: dict) -> str:
 
 
 def inspect_onnx(path: str) -> dict:
-    """The same table for an ONNX graph, one row per node (batch axis taken as 1)."""
+    """The same table for an ONNX graph, one row per node (batch axis taken as 1). A bundle
+    directory is inspected through its source graph."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
     from kompakt.errors import KompaktError
+
+    if Path(path).is_dir():
+        source = Path(path) / "model.onnx"
+        if not source.is_file():
+            raise KompaktError(f"{path} is a directory without model.onnx (not a kompakt bundle)")
+        path = str(source)
 
     try:
         model = shape_inference.infer_shapes(onnx.load(path))
@@ -122,9 +130,15 @@ def inspect_onnx(path: str) -> dict:
     for name, array in inits.items():
         shapes[name] = list(array.shape)
     rows = []
+    counted: set[str] = set()  # an initializer shared by several nodes is counted once
     for node in graph.node:
         out = shapes.get(node.output[0], [])
-        params = sum(inits[i].size for i in node.input if i in inits)
+        # parameters are float tensors; int64 shape constants (Reshape targets) are not
+        own = [
+            i for i in node.input if i in inits and i not in counted and inits[i].dtype.kind in "fc"
+        ]
+        counted.update(own)
+        params = sum(inits[i].size for i in own)
         macs = 0
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in shapes:
             weight = shapes[node.input[1]]
