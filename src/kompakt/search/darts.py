@@ -43,7 +43,7 @@ class SearchConfig:
     nodes: int | None = opt(None, "Nodes of the cell; default 3 (mlp), 2 (conv).")
     batch_size: int = opt(64, "Batch size.")
     lr: float | None = opt(
-        None, "Learning rate of the weights; default 0.01 (0.002 for regression tasks)."
+        None, "Learning rate of the weights; default 0.01 (0.001 for regression tasks)."
     )
     arch_lr: float = opt(3e-3, "Learning rate of the structure parameters.")
     prior: Literal["dirichlet", "none"] = opt("dirichlet", "Prior on the edge weights.")
@@ -116,7 +116,7 @@ def search(config: SearchConfig) -> dict:
     info = data.info
     c, h, _ = info.input_shape
     net = SuperNet(config.space, info.num_classes, c, h, config.width, config.nodes)
-    lr = config.lr or (0.002 if info.task == "regression" else 0.01)
+    lr = config.lr or (0.001 if info.task == "regression" else 0.01)
     weights = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
     arch = torch.optim.Adam(net.structure_parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
     costs = _param_costs(net)

@@ -1,0 +1,78 @@
+"""The README's CLI tour, run verbatim and in order in an empty directory, so it cannot drift
+from the code. Only the cost is cut: every `--epochs N` becomes 1 (2 where the line resumes a run
+to extend it), `--finetune-epochs` 1, and bench measures for a fraction of a second."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KOMPAKT = f"{sys.executable} -m kompakt.cli"
+
+
+def tour_commands() -> list[str]:
+    """The `$ ...` lines of the CLI tour's console block, continuation lines joined, comments
+    dropped."""
+    text = README.read_text()
+    start = text.index("```console", text.index("## CLI tour")) + len("```console")
+    block = text[start : text.index("\n```", start)]
+    commands, current = [], ""
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            current = line[2:]
+        elif current and line.startswith(" "):
+            current += " " + line.strip()
+        else:
+            continue
+        if current.rstrip().endswith("\\"):
+            current = current.rstrip()[:-1]
+            continue
+        commands.append(re.sub(r"\s+#.*$", "", current).strip())
+        current = ""
+    return commands
+
+
+def cheap(command: str) -> str:
+    """The same command with its cost cut (epochs, bench time); everything else verbatim."""
+    epochs = "2" if "--resume" in command else "1"
+    command = re.sub(r"--epochs \d+", f"--epochs {epochs}", command)
+    command = re.sub(r"--finetune-epochs \d+", "--finetune-epochs 1", command)
+    if command.startswith("kompakt bench") and "--compare" not in command:
+        command += " --warmup-s 0.05 --duration-s 0.2 --min-runs 5 --rounds 1 --quiet"
+    return re.sub(r"(^|; )kompakt ", lambda m: f"{m.group(1)}{KOMPAKT} ", command)
+
+
+def test_the_tour_has_every_command_the_readme_promises():
+    commands = tour_commands()
+    assert len(commands) >= 20
+    verbs = {c.split()[1] for c in commands}
+    for verb in (
+        "train",
+        "prune",
+        "search",
+        "inspect",
+        "export",
+        "lint-trt",
+        "deploy",
+        "verify",
+        "predict",
+        "bench",
+        "data",
+    ):
+        assert verb in verbs, verb
+
+
+@pytest.mark.slow
+def test_the_readme_tour_runs_verbatim_in_order(tmp_path):
+    for command in tour_commands():
+        proc = subprocess.run(
+            cheap(command), shell=True, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"$ {command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, f"$ {command}\n{proc.stderr[-2000:]}"
+    assert (tmp_path / "runs" / "report" / "report.md").is_file()
