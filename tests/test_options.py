@@ -36,16 +36,22 @@ def test_every_config_field_is_an_option_of_its_command(command, config):
     assert all(helps[name] for name in fields), "every option says what it does"
 
 
-def test_cli_beats_toml_beats_defaults_and_unknown_keys_are_refused(tmp_path, monkeypatch):
+@pytest.fixture
+def seen(monkeypatch):
+    """`kompakt train` records the TrainConfig it would train with, instead of training."""
     import kompakt.train
 
-    seen = {}
+    configs = {}
 
     def fake_fit(config):
-        seen["c"] = config
+        configs["c"] = config
         return {}
 
     monkeypatch.setattr(kompakt.train, "fit", fake_fit)
+    return configs
+
+
+def test_cli_beats_toml_beats_defaults_and_unknown_keys_are_refused(tmp_path, seen):
     config = tmp_path / "t.toml"
     config.write_text('[train]\nepochs = 7\nlr = 0.2\nschedule = "step"\n')
     runner = CliRunner()
@@ -94,16 +100,7 @@ def test_pipeline_sections_are_checked_against_the_stage_dataclasses():
             parse_config({**base, **bad})
 
 
-def test_toml_keys_may_use_dashes_like_the_cli(tmp_path, monkeypatch):
-    import kompakt.train
-
-    seen = {}
-
-    def fake_fit(config):
-        seen["c"] = config
-        return {}
-
-    monkeypatch.setattr(kompakt.train, "fit", fake_fit)
+def test_toml_keys_may_use_dashes_like_the_cli(tmp_path, seen):
     config = tmp_path / "t.toml"
     config.write_text("[train]\nbatch-size = 32\nlabel_smoothing = 0.1\n")
     result = CliRunner().invoke(cli, ["train", "--config", str(config), "-o", str(tmp_path)])

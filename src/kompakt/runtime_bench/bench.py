@@ -366,22 +366,14 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
         if not isinstance(results, dict) or not isinstance(results.get("bundles"), list):
             raise ConfigError(f"the {label} results are not kompakt bench results (no bundles)")
     regressions = []
-    before = {b["name"]: b for b in old["bundles"]}
-    for entry in new["bundles"]:
-        ref = before.get(entry["name"])
-        if ref is None:
-            continue
-        for batch, stats in entry["latency"].items():
-            if batch in ref["latency"]:
-                was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
-                # a change inside the runs' own spread is noise, not a regression
-                noise = 2 * max(ref["latency"][batch].get("cv", 0), stats.get("cv", 0))
-                limit = max(threshold, noise)
-                if now > was * (1 + limit):
-                    regressions.append(
-                        f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
-                        f"{now:.3f} ms (+{now / was - 1:.0%}, beyond the {limit:.0%} allowed)"
-                    )
+    for entry, _, batch, was, now, cv in _matched_latencies(old, new):
+        limit = max(threshold, 2 * cv)  # a change inside the runs' own spread is noise
+        if now > was * (1 + limit):
+            regressions.append(
+                f"{entry['name']} batch {batch}: p50 {was:.3f} -> "
+                f"{now:.3f} ms (+{now / was - 1:.0%}, beyond the {limit:.0%} allowed)"
+            )
+    for entry, ref in _matched_bundles(old, new):
         was_metrics = ref.get("metrics") or _legacy_metrics(ref)
         now_metrics = entry.get("metrics") or _legacy_metrics(entry)
         for name in METRICS.names():
@@ -403,28 +395,37 @@ def compare(old: dict, new: dict, threshold: float = 0.10, accuracy_points: floa
     return regressions
 
 
-def compare_table(old: dict, new: dict) -> list[dict]:
-    """Every latency and metric of the bundles in both results: old -> new and the change."""
-    rows = []
+def _matched_bundles(old: dict, new: dict):
+    """(new entry, old entry) for every bundle name in both results."""
     before = {b["name"]: b for b in old["bundles"]}
     for entry in new["bundles"]:
-        ref = before.get(entry["name"])
-        if ref is None:
-            continue
+        if entry["name"] in before:
+            yield entry, before[entry["name"]]
+
+
+def _matched_latencies(old: dict, new: dict):
+    """(entry, ref, batch, old p50, new p50, the larger CV of the two) per shared batch."""
+    for entry, ref in _matched_bundles(old, new):
         for batch, stats in entry["latency"].items():
             if batch in ref["latency"]:
-                was, now = ref["latency"][batch]["p50_ms"], stats["p50_ms"]
-                noise = max(ref["latency"][batch].get("cv", 0), stats.get("cv", 0))
-                rows.append(
-                    {
-                        "bundle": entry["name"],
-                        "what": f"p50 b{batch} ms",
-                        "old": was,
-                        "new": now,
-                        "change": now / was - 1 if was else None,
-                        "noise_cv": noise,
-                    }
-                )
+                cv = max(ref["latency"][batch].get("cv", 0), stats.get("cv", 0))
+                yield entry, ref, batch, ref["latency"][batch]["p50_ms"], stats["p50_ms"], cv
+
+
+def compare_table(old: dict, new: dict) -> list[dict]:
+    """Every latency and metric of the bundles in both results: old -> new and the change."""
+    rows = [
+        {
+            "bundle": entry["name"],
+            "what": f"p50 b{batch} ms",
+            "old": was,
+            "new": now,
+            "change": now / was - 1 if was else None,
+            "noise_cv": cv,
+        }
+        for entry, _, batch, was, now, cv in _matched_latencies(old, new)
+    ]
+    for entry, ref in _matched_bundles(old, new):
         was_m = ref.get("metrics") or _legacy_metrics(ref)
         now_m = entry.get("metrics") or _legacy_metrics(entry)
         for name in METRICS.names():
