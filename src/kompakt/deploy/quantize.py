@@ -186,7 +186,8 @@ def quantize_int8(
         raise ConfigError(f"int8_scheme must be one of {INT8_SCHEMES}, got {scheme!r}")
     batch, used = calibration_batch(len(calib), method)
     calib = calib[:used]
-    input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+    graph = onnx.load(str(source), load_external_data=False)  # read once: names and structure
+    input_name = graph.graph.input[0].name
     calibration = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -196,7 +197,6 @@ def quantize_int8(
         Path(target).name, True, method, len(calib), scheme, scheme_requirement(scheme)
     )
     result.excluded_nodes = list(exclude or [])
-    graph = onnx.load(str(source), load_external_data=False)
     constant = sorted(n for n in constant_nodes(graph) if n)
     weighty = {n.name for n in graph.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
     result.kept_float = {

@@ -458,7 +458,6 @@ def export_onnx(
     if isinstance(model, str | Path):
         return export_checkpoint(model, path, config)
     config = config or ExportConfig()
-    config.validate()
     path = Path(path)
     start = time.perf_counter()
     if not isinstance(model, nn.Module):

@@ -7,6 +7,7 @@ A new layer = its file (a subclass registered with `@LAYERS.register`) + its tes
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 
 from torch import nn
 
@@ -34,11 +35,12 @@ def dense_macs(
     return math.prod(input_shape[:-1]) * weight_params
 
 
-class CompressedLayer(nn.Module):
+class CompressedLayer(nn.Module, metaclass=ABCMeta):
     """Base of every compressed layer.
 
-    Subclasses implement `init_args`, `dense_params`, `macs` and, when they have a dense twin,
-    `to_dense` (and usually the `from_dense` classmethod). Export forms default to the layer as
+    Subclasses implement `init_args`, `dense_params`, `macs` and `to_dense` (a class missing one
+    cannot be instantiated); those that can start from a trained layer add a `from_dense`
+    classmethod (TTLinear, TTConv2d). Export forms default to the layer as
     written ("factored"); layers that can also leave PyTorch as their dense twin list "dense"
     (and any other lowering) in `export_forms` and price them in `export_costs`.
     """
@@ -47,24 +49,21 @@ class CompressedLayer(nn.Module):
 
     # -- the contract ------------------------------------------------------------------------
 
-    @classmethod
-    def from_dense(cls, dense: nn.Module, *args, **kwargs) -> CompressedLayer:
-        raise NotImplementedError(f"{cls.__name__} cannot be initialised from a dense layer")
-
+    @abstractmethod
     def to_dense(self) -> nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} has no dense twin")
+        """The exact dense twin (an instance of `dense_type`)."""
 
+    @abstractmethod
     def init_args(self) -> dict:
         """Constructor keyword arguments that rebuild this layer (JSON-able; no weights)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dense_params(self) -> int:
         """Weight entries of the dense twin (biases excluded)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """Exact multiply-adds of one forward pass on an input of `input_shape` (batch first)."""
-        raise NotImplementedError
 
     # -- shared behaviour ----------------------------------------------------------------------
 

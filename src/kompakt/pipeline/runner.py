@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from kompakt import __version__, options
-from kompakt._io import atomic_write_text
+from kompakt._io import atomic_write_text, sha256_file
 from kompakt.errors import ConfigError
 
 # [[models]] keys besides TrainConfig's own: the entry's name
@@ -116,12 +116,6 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _file_hash(path: Path) -> str:
-    from kompakt._io import sha256_file
-
-    return sha256_file(path)
-
-
 def data_fingerprint(root: str | None) -> str | None:
     """A hash of every data file under `root` (path, size and content), so regenerated or
     edited data re-runs the stages that read it; None for embedded datasets."""
@@ -207,7 +201,7 @@ def run_pipeline(
             {**settings, "out": str(folder), "quiet": False},  # one line per epoch, with ETA
             f"model {name!r}",
         )
-        upstream_hash = _file_hash(checkpoints[upstream]) if upstream else None
+        upstream_hash = sha256_file(checkpoints[upstream]) if upstream else None
         step = Step(
             "train",
             name,
@@ -228,7 +222,7 @@ def run_pipeline(
                 "export",
                 name,
                 path.parent,
-                _key("export", dataclasses.asdict(export_config), _file_hash(ckpt)),
+                _key("export", dataclasses.asdict(export_config), sha256_file(ckpt)),
                 [path],
                 lambda c=ckpt, p=path: export_checkpoint(c, p, export_config),
             )
@@ -281,7 +275,7 @@ def run_pipeline(
                         "deploy",
                         settings,
                         dataclasses.asdict(build_options),
-                        _file_hash(onnx_path),
+                        sha256_file(onnx_path),
                         data_hash,
                     ),
                     [folder / "kompakt.json"],
@@ -310,7 +304,7 @@ def run_pipeline(
             "quiet": False,
         }
     )
-    manifests = [_file_hash(b / "kompakt.json") for b in bundles]
+    manifests = [sha256_file(b / "kompakt.json") for b in bundles]
     _run_steps(
         [
             Step(

@@ -86,9 +86,7 @@ class Engine:
         self.class_names = list(self.manifest["class_names"])
         self.max_batch = self.manifest.get("max_batch")
         self.reject_nan = reject_nan
-        entry = self.manifest["files"].get(self.manifest["artifact"])
-        if entry is None:
-            raise BundleError(f"manifest artifact {self.manifest['artifact']!r} is not in files")
+        entry = self.manifest["files"][self.manifest["artifact"]]  # read_manifest checked it
         check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
         try:

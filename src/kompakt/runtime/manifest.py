@@ -174,10 +174,12 @@ def read_manifest(
     validate_manifest(manifest)
     check_signature(manifest, configured_keys(trusted_keys))
     listed = set(manifest["files"])
-    for name in {manifest["artifact"], *manifest.get("artifact_files", [])}:
+    golden = manifest.get("golden") or {}
+    opened = {manifest["artifact"], *manifest.get("artifact_files", [])}
+    for name in opened | ({golden["file"]} if "file" in golden else set()):
         if name not in listed:
             raise BundleError(
-                f"manifest artifact {name!r} is not among the hashed files; the runtime opens "
+                f"manifest file {name!r} is not among the hashed files; the runtime opens "
                 "no file the manifest does not hash: rebuild the bundle"
             )
     for link in (p for p in bundle.rglob("*") if p.is_symlink()):

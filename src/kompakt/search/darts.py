@@ -107,10 +107,6 @@ def bilevel_step(net, arch_opt, weight_opt, val_batch, train_batch, task, config
 
 def search(config: SearchConfig) -> dict:
     """Run the search; writes searched.pt (the plain model), genotype.json and history.json."""
-    if config.prior not in ("dirichlet", "none"):
-        raise ConfigError(f"prior must be 'dirichlet' or 'none', got {config.prior!r}")
-    if config.epochs < 1 or config.nodes < 1 or config.width < 1:
-        raise ConfigError("epochs, nodes and width must be >= 1")
     torch.manual_seed(config.seed)
     data = load_dataset(config.data, root=config.data_root)
     info = data.info

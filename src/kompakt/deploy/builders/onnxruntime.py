@@ -23,8 +23,6 @@ class OnnxRuntimeBackend(Backend):
     def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
         import onnxruntime as ort
 
-        if options.opt_level not in ("basic", "all"):
-            raise ConfigError(f"opt_level must be 'basic' or 'all', got {options.opt_level!r}")
         level = {
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
