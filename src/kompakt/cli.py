@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from kompakt import __version__
+from kompakt.catalogue import list_command, print_listing
 from kompakt.deploy.builders.base import BuildOptions
 from kompakt.deploy.bundle import DeployConfig
 from kompakt.errors import ConfigError, KompaktError
@@ -55,13 +56,14 @@ def _int_list(text: str | None, name: str) -> tuple[int, ...] | None:
         raise ConfigError(f"--{name} expects integers separated by commas, got {text!r}") from None
 
 
-@cli.command("layers")
+cli.add_command(list_command)
+
+
+@cli.command("layers", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def layers_command(as_json: bool) -> None:
-    """List the compressed layers kompakt provides."""
-    from kompakt.layers import LAYERS
-
-    _print_registry(LAYERS, as_json)
+    """Old spelling of `kompakt list layers`."""
+    print_listing("layers", as_json, live=True)
 
 
 @cli.command("tt-plan")
@@ -163,11 +165,11 @@ def data_samples_command(
     click.echo(f"wrote {len(raw)} {dataset} {split} images to {folder}")
 
 
-def _add_list_command(group: click.Group, what: str, load_registry) -> None:
-    @group.command("list", help=f"List the registered {what}.")
+def _add_list_command(group: click.Group, kind: str) -> None:
+    @group.command("list", help=f"Old spelling of `kompakt list {kind}`.")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def list_command(as_json: bool) -> None:
-        _print_registry(load_registry(), as_json)
+        print_listing(kind, as_json, live=True)
 
 
 @cli.group("models")
@@ -175,30 +177,8 @@ def models_group() -> None:
     """The model zoo."""
 
 
-def _datasets():
-    from kompakt.data import DATASETS
-
-    return DATASETS
-
-
-def _models():
-    from kompakt.models import MODELS
-
-    return MODELS
-
-
-_add_list_command(data_group, "datasets", _datasets)
-_add_list_command(models_group, "models", _models)
-
-
-def _print_registry(registry, as_json: bool) -> None:
-    rows = {name: registry.help(name) for name in registry.names()}
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    width = max(map(len, rows))
-    for name, text in rows.items():
-        click.echo(f"{name:<{width}}  {text}")
+_add_list_command(data_group, "data")
+_add_list_command(models_group, "models")
 
 
 @cli.command("train")
@@ -361,23 +341,19 @@ def lint_trt_command(model: str, as_json: bool) -> None:
 @click.option("-o", "--out", "--output", "output", help="The bundle directory to write.")
 @click_options(DeployConfig)
 @click_options(BuildOptions)
-@click.option("--list-backends", is_flag=True, help="List backends, their precisions, status.")
+@click.option(
+    "--list-backends", is_flag=True, hidden=True, help="Old spelling of `kompakt list backends`."
+)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def deploy_command(ctx: click.Context, model: str | None, output: str | None, **_: object) -> None:
     """Build a bundle (engine + manifest) from an ONNX model for one backend and precision."""
-    from kompakt.deploy import build_bundle, list_backends
+    from kompakt.deploy import build_bundle
 
     as_json = ctx.params["as_json"]
-    if ctx.params["list_backends"]:
-        rows = list_backends()
-        if as_json:
-            click.echo(json.dumps(rows, indent=2))
-            return
-        for row in rows:
-            status = "available" if row["available"] else f"unavailable: {row['reason']}"
-            click.echo(f"{row['name']:<22} {'/'.join(row['precisions']):<15} {status}")
+    if ctx.params["list_backends"]:  # old spelling of `kompakt list backends`
+        print_listing("backends", as_json)
         return
     if model is None or output is None:
         raise ConfigError("kompakt deploy needs MODEL.onnx and -o BUNDLE_DIR")
