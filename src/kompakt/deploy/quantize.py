@@ -12,7 +12,6 @@ Two weight schemes (see `kompakt.runtime.cpu` for why): "portable" keeps weights
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 
 from kompakt.errors import ConfigError, KompaktError
+from kompakt.progress import progress
 from kompakt.runtime.cpu import INT8_SCHEMES, PORTABLE_MAX_ABS_WEIGHT, scheme_requirement
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -46,19 +46,11 @@ class QuantizationResult:
 
 
 class _Reader:
-    """ORT CalibrationDataReader over an array, with a tqdm bar (quiet when not a TTY)."""
+    """ORT CalibrationDataReader over an array, with progress (a bar, or a heartbeat off a TTY)."""
 
     def __init__(self, name: str, samples: np.ndarray, batch: int) -> None:
-        from tqdm import tqdm
-
         self.name, self.samples, self.batch, self.pos = name, samples, batch, 0
-        self.bar = tqdm(
-            total=len(samples),
-            desc="calibrating",
-            file=sys.stderr,
-            disable=not sys.stderr.isatty(),
-            leave=False,
-        )
+        self.bar = progress(total=len(samples), desc="calibrating")
 
     def get_next(self) -> dict | None:
         if self.pos >= len(self.samples):

@@ -24,6 +24,7 @@ from kompakt import __version__, metrics
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.options import opt
+from kompakt.progress import progress
 from kompakt.runtime import golden, load
 from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
@@ -199,8 +200,6 @@ def run(
     quiet: bool = False,
 ) -> dict:
     """Measure bundles side by side and return the results (also written under `report`)."""
-    from tqdm import tqdm
-
     if not bundles:
         raise ConfigError("kompakt bench needs at least one bundle directory")
     if rounds < 1 or min_runs < 1 or any(b < 1 for b in batches):
@@ -214,7 +213,7 @@ def run(
         {"create_s": [], "first_s": [], "peak": [], "baseline": []} for _ in paths
     ]
     jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
-    bar = tqdm(jobs, desc="bench", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    bar = progress(jobs, desc="bench", quiet=quiet)
     for _, batch, i in bar:
         max_batch = manifests[i].get("max_batch")
         if max_batch is not None and batch > max_batch:

@@ -20,12 +20,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from kompakt.data import load_dataset
 from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import make_checkpoint, save_checkpoint
 from kompakt.options import opt
+from kompakt.progress import progress
 from kompakt.search.space import SearchedNet, SuperNet
 from kompakt.train.trainer import evaluate
 
@@ -125,17 +125,12 @@ def search(config: SearchConfig) -> dict:
     start = time.perf_counter()
     history = []
     best = None  # (score, discretised model, epoch): the cell saved is the best on validation
-    show = not config.quiet and sys.stderr.isatty()
+    show = not config.quiet
     for epoch in range(config.epochs):
         order = torch.randperm(len(x_train), generator=gen)
         val_order = torch.randint(0, len(x_val), (steps, config.batch_size), generator=gen)
-        for step in tqdm(
-            range(steps),
-            desc=f"search {epoch + 1}/{config.epochs}",
-            disable=not show,
-            leave=False,
-            file=sys.stderr,
-        ):
+        desc = f"search {epoch + 1}/{config.epochs}"
+        for step in progress(range(steps), desc=desc, quiet=not show):
             vi = val_order[step]
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             val_loss, train_loss = bilevel_step(

@@ -22,7 +22,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from kompakt.data import DataSplits, load_dataset
 from kompakt.errors import ConfigError, KompaktError
@@ -34,6 +33,7 @@ from kompakt.models.checkpoint import (
     save_checkpoint,
 )
 from kompakt.options import opt
+from kompakt.progress import progress
 from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
 
 
@@ -380,7 +380,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         _truncate_metrics(metrics_path, start_epoch)
     steps_done = 0
     params = sum(p.numel() for p in model.parameters())
-    show = rank == 0 and not config.quiet and sys.stderr.isatty()
+    show = rank == 0 and not config.quiet
     data_dict = {**info.to_dict(), "root": config.data_root}
     last_val: dict = {}
     best_loss = math.inf
@@ -392,13 +392,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         order = torch.randperm(len(x_train), generator=gen)
         steps = math.ceil(len(order) / config.batch_size)
         running, seen = 0.0, 0
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not show,
-            leave=False,
-            file=sys.stderr,
-        )
+        bar = progress(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", quiet=not show)
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             xb, yb = x_train[idx], y_train[idx]
