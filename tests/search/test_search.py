@@ -3,9 +3,11 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 import torch
 from torch import nn
 
+from kompakt.errors import CheckpointError, ConfigError
 from kompakt.export import export_onnx
 from kompakt.search import MixedOp, SearchConfig, search
 from kompakt.search.darts import bilevel_step
@@ -197,3 +199,34 @@ def test_conv_space_defaults_are_small_and_old_genotypes_keep_their_stem():
     assert net.stem.body[0].stride == (1, 1)  # a genotype without stem_stride: as it was built
     net = SearchedNet(10, 1, 28, {**old, "stem_stride": 2})
     assert net.stem.body[0].stride == (2, 2) and net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def _small_search(out, epochs, **changes):
+    options = dict(space="mlp", data="digits", epochs=epochs, width=16, nodes=2, quiet=True)
+    return SearchConfig(**{**options, "out": str(out), **changes})
+
+
+def test_search_resume_continues_bit_for_bit(tmp_path):
+    import torch
+
+    whole = search(_small_search(tmp_path / "whole", 3))
+    search(_small_search(tmp_path / "split", 2))
+    resumed = search(_small_search(tmp_path / "split", 3, resume=True))
+    assert resumed["genotype"] == whole["genotype"]
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["val"] == whole["val"]
+    a = load_checkpoint(whole["searched"])["state_dict"]
+    b = load_checkpoint(resumed["searched"])["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+def test_search_resume_refuses_changed_options_and_done_runs(tmp_path):
+    search(_small_search(tmp_path / "s", 1))
+    with pytest.raises(ConfigError, match=r"width: 16 -> 32"):
+        search(_small_search(tmp_path / "s", 2, resume=True, width=32))
+    with pytest.raises(ConfigError, match="already searched 1 epochs"):
+        search(_small_search(tmp_path / "s", 1, resume=True))
+    (tmp_path / "s" / "search_state.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable search state"):
+        search(_small_search(tmp_path / "s", 2, resume=True))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kompakt.data import load_dataset
-from kompakt.errors import ConfigError
+from kompakt.errors import CheckpointError, ConfigError
 from kompakt.models.checkpoint import make_checkpoint, save_checkpoint
 from kompakt.options import opt
 from kompakt.progress import progress
@@ -51,6 +51,7 @@ class SearchConfig:
     alpha: float = opt(0.5, "Dirichlet concentration (< 1 favours one-hot edges).")
     size_penalty: float = opt(0.0, "Weight of the parameter-count penalty (mu).")
     seed: int = opt(0, "Seed.")
+    resume: bool = opt(False, "Continue from OUT/search_state.pt (epochs: the new total).")
     quiet: bool = opt(False, "No progress output.")
 
     def __post_init__(self) -> None:
@@ -123,10 +124,32 @@ def search(config: SearchConfig) -> dict:
     gen = torch.Generator().manual_seed(config.seed)
     steps = math.ceil(len(x_train) / config.batch_size)
     start = time.perf_counter()
-    history = []
+    history: list[dict] = []
     best = None  # (score, discretised model, epoch): the cell saved is the best on validation
+    state_path = out / STATE_FILE
+    start_epoch, spent = 0, 0.0
+    if config.resume and state_path.is_file():
+        state = _load_state(state_path)
+        _check_resume(config, state["config"], state_path)
+        net.load_state_dict(state["net"])
+        weights.load_state_dict(state["weights_optimizer"])
+        arch.load_state_dict(state["arch_optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start_epoch, spent = state["history"], state["epoch"], state["elapsed_s"]
+        if state["best"] is not None:
+            saved = state["best"]
+            model = SearchedNet(info.num_classes, c, h, saved["genotype"])
+            model.load_state_dict(saved["weights"])
+            best = (saved["score"], model, saved["epoch"])
+    if start_epoch >= config.epochs:
+        raise ConfigError(
+            f"{state_path} has already searched {start_epoch} epochs; pass --epochs above that "
+            "to continue"
+        )
+    start -= spent
     show = not config.quiet
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         order = torch.randperm(len(x_train), generator=gen)
         val_order = torch.randint(0, len(x_val), (steps, config.batch_size), generator=gen)
         desc = f"search {epoch + 1}/{config.epochs}"
@@ -159,6 +182,7 @@ def search(config: SearchConfig) -> dict:
         )
         if best is None or score > best[0]:
             best = (score, candidate, epoch + 1)
+        _save_state(state_path, config, net, weights, arch, gen, history, best, start)
         if not config.quiet:
             elapsed = time.perf_counter() - start
             eta = elapsed / (epoch + 1) * (config.epochs - epoch - 1)
@@ -202,6 +226,62 @@ def search(config: SearchConfig) -> dict:
         "best_epoch": best_epoch,
         "search_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+STATE_FILE = "search_state.pt"
+# options that define the search; a resume may change only epochs, out, quiet
+RESUME_FREE = ("epochs", "out", "quiet", "resume")
+
+
+def _save_state(path, config, net, weights, arch, gen, history, best, start) -> None:
+    """Everything a resumed search needs to continue bit for bit, written atomically."""
+    score, model, epoch = best
+    state = {
+        "config": _jsonable(asdict(config)),
+        "epoch": len(history),
+        "net": net.state_dict(),
+        "weights_optimizer": weights.state_dict(),
+        "arch_optimizer": arch.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "best": {
+            "score": score,
+            "genotype": model.genotype,
+            "weights": model.state_dict(),
+            "epoch": epoch,
+        },
+        "elapsed_s": time.perf_counter() - start,
+    }
+    save_checkpoint(state, path)
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a readable search state ({type(error).__name__}); delete it to start "
+            "the search again"
+        ) from None
+    if not isinstance(state, dict) or "net" not in state or "history" not in state:
+        raise CheckpointError(f"{path} is not a kompakt search state; delete it to start again")
+    return state
+
+
+def _check_resume(config: SearchConfig, saved: dict, path: Path) -> None:
+    now = _jsonable(asdict(config))
+    differences = [
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in now.items()
+        if key not in RESUME_FREE and saved.get(key) != value
+    ]
+    if differences:
+        raise ConfigError(
+            f"--resume from {path} with other options than the search used ("
+            + "; ".join(differences)
+            + "); drop them, or search into another --out"
+        )
 
 
 def _inherit_weights(net: SuperNet, model: SearchedNet) -> None:
