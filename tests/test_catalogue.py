@@ -17,9 +17,9 @@ def test_shipped_catalogue_equals_the_live_registries():
 @pytest.mark.parametrize("kind", KINDS)
 def test_list_answers_without_importing_torch_or_onnx(kind):
     code = (
-        "import sys; from kompakt.entry import main; main(['list', %r, '--json']); "
+        f"import sys; from kompakt.entry import main; main(['list', {kind!r}, '--json']); "
         "heavy = [m for m in ('torch', 'onnx') if m in sys.modules]; "
-        "assert not heavy, heavy" % kind
+        "assert not heavy, heavy"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -41,6 +41,6 @@ def test_old_listing_commands_are_aliases(tmp_path):
     layers = runner.invoke(cli, ["layers", "--json"])
     assert json.loads(layers.output) == shipped_catalogue()["layers"]
     backends = runner.invoke(cli, ["deploy", "--list-backends", "--json"])
-    assert [r["name"] for r in json.loads(backends.output)][0] == "onnxruntime"
+    assert next(r["name"] for r in json.loads(backends.output)) == "onnxruntime"
     listing = runner.invoke(cli, ["list", "nonsense"])
     assert listing.exit_code == 2 and "nonsense" in listing.output

@@ -555,9 +555,10 @@ def pipeline_command(
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
-    click.echo(format_summary(result["summary"]))
+    click.echo(format_summary(result["summary"], result["ratios"]))
     click.echo(
-        f"\n{result['out']}: report/report.md, report/*.png, summary.json ({result['wall_s']} s)"
+        f"\n{result['out']}: report/pipeline.md, report/report.md, report/*.png, summary.json; "
+        f"this run is kept under history/ ({result['wall_s']} s)"
     )
 
 

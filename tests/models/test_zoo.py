@@ -1,3 +1,6 @@
+import dataclasses
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +93,65 @@ def test_layer_specs_rebuild_the_compressed_architecture():
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(2, 16, 4, 4)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_compress_reports_layers_it_cannot_convert_with_the_reason():
+    class Awkward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+            self.same = nn.Conv2d(16, 16, 3, padding="same")
+            self.reflect = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+            self.thin = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc = nn.Linear(256, 64)
+
+    model = Awkward()
+    every = {"grouped", "same", "reflect", "thin", "fc"}
+    report = compress_(model, TTConfig(ranks=4), filter_fn=lambda n, m: n in every)
+    reasons = {row["name"]: row["reason"] for row in report.skipped}
+    assert set(reasons) == {"grouped", "same", "reflect", "thin"}
+    assert "groups=4" in reasons["grouped"] and "'same'" in reasons["same"]
+    assert "reflect" in reasons["reflect"] and "3 input channels" in reasons["thin"]
+    assert [row["name"] for row in report.layers] == ["fc"] and "not replaced: thin" in str(report)
+    meta = compress_(Awkward(), MetaHeadConfig(groups=3), filter_fn=lambda n, m: n == "fc")
+    assert "do not divide into 3 groups" in meta.skipped[0]["reason"]
+
+
+def test_compress_is_all_or_nothing_and_names_the_failing_layer():
+    from kompakt.models.surgery import COMPRESSIONS, register_compression
+
+    @dataclass(frozen=True)
+    class Flaky:
+        pass
+
+    @register_compression(Flaky, "flaky-test")
+    def _flaky(module, config):
+        if module.out_features == 10:
+            raise ValueError("cannot factorise 10")
+        return nn.Identity(), 0.0
+
+    try:
+        model = UserNet()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ConfigError, match=r"layer 'out'.*cannot factorise 10.*unchanged"):
+            compress_(model, Flaky(), filter_fn=lambda n, m: isinstance(m, nn.Linear))
+        assert isinstance(model.fc1, nn.Linear)  # fc1 converted fine, but nothing was replaced
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    finally:
+        COMPRESSIONS.pop(Flaky)
+
+
+def test_meta_groups_zero_is_a_config_error_and_larger_twins_warn():
+    with pytest.raises(ConfigError, match="groups >= 1"):
+        MetaHeadConfig(groups=0)
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.warns(UserWarning, match="more parameters than the dense layer"):
+        compress_(model, TTConfig(ranks=8), filter_fn=lambda n, m: n == "0")
+
+
+def test_training_with_a_compression_that_replaces_nothing_is_refused(tmp_path):
+    from kompakt.train import TrainConfig, fit
+
+    config = TrainConfig(model="lenet5", data="digits", epochs=1, compress="tt:ranks=4")
+    with pytest.raises(ConfigError, match="replaced no layer of lenet5"):
+        fit(dataclasses.replace(config, out=str(tmp_path), quiet=True))

@@ -11,11 +11,11 @@ TINY = """
 data = "digits"
 epochs = 1
 [[models]]
-name = "lenet"
-model = "lenet5"
+name = "mlp"
+model = "mlp"
 [[models]]
-name = "lenet-tt"
-init_from = "lenet"
+name = "mlp-tt"
+init_from = "mlp"
 compress = "tt:ranks=4"
 epochs = 1
 [export]
@@ -47,27 +47,44 @@ def test_pipeline_runs_end_to_end_then_skips_cached_stages(tmp_path):
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     statuses = {(r["stage"], r["name"]): r["status"] for r in result["stages"]}
-    assert statuses[("train", "lenet-tt")] == "done"
-    assert statuses[("deploy", "lenet-tensorrt-fp16")].startswith("skipped")
+    assert statuses[("train", "mlp-tt")] == "done"
+    assert statuses[("deploy", "mlp-tensorrt-fp16")].startswith("skipped")
     bundles = [row["bundle"] for row in result["summary"]]
     assert bundles == [
-        "lenet-onnxruntime-fp32",
-        "lenet-onnxruntime-int8",
-        "lenet-tt-onnxruntime-fp32",
-        "lenet-tt-onnxruntime-int8",
+        "mlp-onnxruntime-fp32",
+        "mlp-onnxruntime-int8",
+        "mlp-tt-onnxruntime-fp32",
+        "mlp-tt-onnxruntime-int8",
     ]
     assert all(row["top1"] is not None and row["p50_ms"]["1"] > 0 for row in result["summary"])
-    for name in ("report/report.md", "report/pareto.png", "summary.json"):
+    # parity vs the PyTorch checkpoint each bundle came from: fp32 tight, int8 loose but there
+    parity = {row["bundle"]: row["parity_max_rel"] for row in result["summary"]}
+    assert parity["mlp-onnxruntime-fp32"] < 1e-4 and parity["mlp-tt-onnxruntime-fp32"] < 1e-4
+    assert 0 < parity["mlp-onnxruntime-int8"] < 0.2
+    # the compressed model vs the baseline (the first model), same backend and precision
+    ratio = {r["bundle"]: r for r in result["ratios"]}
+    assert set(ratio) == {"mlp-tt-onnxruntime-fp32", "mlp-tt-onnxruntime-int8"}
+    tt = ratio["mlp-tt-onnxruntime-fp32"]
+    assert tt["vs"] == "mlp-onnxruntime-fp32" and tt["fewer_params"] > 1
+    by = {row["bundle"]: row for row in result["summary"]}
+    dense, small = by["mlp-onnxruntime-fp32"], by["mlp-tt-onnxruntime-fp32"]
+    assert tt["speedup"]["4"] == round(dense["p50_ms"]["4"] / small["p50_ms"]["4"], 2)
+    assert [t["model"] for t in result["training"]] == ["mlp", "mlp-tt"]
+    for name in ("report/report.md", "report/pipeline.md", "report/pareto.png", "summary.json"):
         assert (tmp_path / "out" / name).is_file()
+    report = (tmp_path / "out" / "report" / "pipeline.md").read_text()
+    assert "## Compressed vs `mlp`" in report and "mlp-tt-onnxruntime-int8" in report
 
     second = json.loads(pipeline(config, tmp_path / "out").stdout)
     ran = [r for r in second["stages"] if r["status"] == "done"]
     assert ran == []  # everything came from the cache
+    kept = sorted((tmp_path / "out" / "history").iterdir())
+    assert len(kept) == 2 and all((k / "report" / "pipeline.md").is_file() for k in kept)
 
     config.write_text(TINY.replace('compress = "tt:ranks=4"', 'compress = "tt:ranks=3"'))
     third = json.loads(pipeline(config, tmp_path / "out").stdout)
     ran = {(r["stage"], r["name"]) for r in third["stages"] if r["status"] == "done"}
-    assert ("train", "lenet-tt") in ran and ("train", "lenet") not in ran
+    assert ("train", "mlp-tt") in ran and ("train", "mlp") not in ran
 
 
 def test_default_config_is_the_mnist5k_run():
@@ -98,3 +115,18 @@ def test_data_fingerprint_changes_when_the_files_change(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"two")  # same size, new content
     assert data_fingerprint(str(tmp_path)) != before
     assert data_fingerprint(None) is None
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from kompakt.runtime_bench.report import pareto_front
+
+    # (latency, accuracy): 1 is dominated by 0 (slower, less accurate), 3 by 2
+    points = [(1.0, 90.0), (2.0, 80.0), (3.0, 95.0), (4.0, 94.0), (0.5, 70.0)]
+    assert pareto_front(points) == [4, 0, 2]
+
+
+def test_baseline_must_name_a_model(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY.replace("[pipeline]", '[pipeline]\nbaseline = "nope"'))
+    run = pipeline(config, tmp_path / "out")
+    assert run.returncode == 1 and "baseline 'nope' is not a [[models]] name" in run.stderr

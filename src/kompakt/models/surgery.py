@@ -8,6 +8,7 @@ architecture from the registries (`apply_layer_specs_`) without pickling code.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,12 +50,23 @@ class MetaHeadConfig:
     meta_out: int | None = None
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.groups < 1 or (self.meta_out is not None and self.meta_out < 1):
+            raise ConfigError(
+                f"meta needs groups >= 1 and meta_out >= 1, got groups={self.groups}, "
+                f"meta_out={self.meta_out}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"meta dropout is a fraction in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class CompressionReport:
-    """Per replaced layer: old / new parameters and the relative weight error."""
+    """Per replaced layer: old / new parameters and the relative weight error; per selected
+    layer that was not replaced: why (`skipped`)."""
 
     layers: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def params_before(self) -> int:
@@ -74,6 +86,7 @@ class CompressionReport:
         lines.append(
             f"{len(self.layers)} layers replaced: {self.params_before} -> {self.params_after}"
         )
+        lines += [f"not replaced: {row['name']}: {row['reason']}" for row in self.skipped]
         return "\n".join(lines)
 
 
@@ -89,8 +102,10 @@ def _fits(modes: tuple[int, ...] | None, size: int) -> tuple[int, ...] | None:
     return tuple(modes) if modes is not None and math.prod(modes) == size else None
 
 
-# config type -> handler(module, config) -> (replacement, relative weight error) or None
-COMPRESSIONS: dict[type, Callable[[nn.Module, object], tuple[nn.Module, float] | None]] = {}
+# config type -> handler(module, config) -> (replacement, relative weight error), or a reason
+# the module cannot be converted (None: a module type the compression does not handle)
+Replacement = tuple[nn.Module, float] | str | None
+COMPRESSIONS: dict[type, Callable[[nn.Module, object], Replacement]] = {}
 COMPRESSION_NAMES: dict[str, type] = {}  # "tt" -> TTConfig, for `--compress tt:ranks=8`
 
 
@@ -140,7 +155,7 @@ def _parse_value(text: str) -> object:
 
 
 @register_compression(TTConfig, "tt")
-def _tt_replacement(module: nn.Module, config: TTConfig) -> tuple[nn.Module, float] | None:
+def _tt_replacement(module: nn.Module, config: TTConfig) -> Replacement:
     ranks = config.ranks if (config.ranks is not None or config.eps is not None) else 8
     if isinstance(module, nn.Linear):
         in_modes = _fits(config.in_modes, module.in_features)
@@ -152,12 +167,26 @@ def _tt_replacement(module: nn.Module, config: TTConfig) -> tuple[nn.Module, flo
             _rescale_cores_(new, new.weight_dense(), module.weight)
         return new, _rel_error(new.weight_dense(), module.weight.detach())
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or isinstance(module.padding, str) or module.in_channels < 4:
-            return None
+        reason = _tt_conv_obstacle(module)
+        if reason:
+            return reason
         new = TTConv2d.from_dense(module, ranks, config.eps, variant=config.conv_variant)
         if config.rescale:
             _rescale_cores_(new, new.kernel(), module.weight)
         return new, _rel_error(new.kernel(), module.weight.detach())
+    return None
+
+
+def _tt_conv_obstacle(conv: nn.Conv2d) -> str | None:
+    """Why a Conv2d cannot become a TTConv2d (None when it can)."""
+    if conv.groups != 1:
+        return f"grouped convolution (groups={conv.groups}); TT-conv needs groups=1"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r}; TT-conv needs numeric padding"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}; TT-conv pads with zeros only"
+    if conv.in_channels < 4:
+        return f"{conv.in_channels} input channels; TT-conv needs >= 4 to factorise them"
     return None
 
 
@@ -170,12 +199,15 @@ def _rescale_cores_(layer: nn.Module, approx: torch.Tensor, dense: torch.Tensor)
 
 
 @register_compression(MetaHeadConfig, "meta")
-def _meta_replacement(module: nn.Module, config: MetaHeadConfig) -> tuple[nn.Module, float] | None:
+def _meta_replacement(module: nn.Module, config: MetaHeadConfig) -> Replacement:
     if not isinstance(module, nn.Linear):
         return None
     groups, meta_out = config.groups, config.meta_out or config.groups
     if module.in_features % groups or module.out_features % meta_out:
-        return None
+        return (
+            f"{module.in_features} -> {module.out_features} features do not divide into "
+            f"{groups} groups / meta_out {meta_out}"
+        )
     weight = module.weight.detach()
     new = MetaHead(
         module.in_features,
@@ -217,11 +249,16 @@ def compress_(
 ) -> CompressionReport:
     """Replace, in place, the Linear / Conv2d layers `filter_fn` selects by compressed twins.
 
-    With the default filter a layer is replaced only if the twin has at most 90 % of its
-    parameters; a user's `filter_fn` is obeyed as given.
+    All or nothing: every selected layer is converted first, and the model is changed only when
+    all conversions succeeded (an error names the layer and leaves the model as it was). A
+    selected layer that cannot be converted (e.g. a grouped conv for TT) is listed in
+    `report.skipped` with the reason. With the default filter a layer is replaced only if the
+    twin has at most 90 % of its parameters; a user's `filter_fn` is obeyed as given, with a
+    warning when a twin is larger than its dense layer.
 
     Returns:
-        a CompressionReport (per layer: old / new parameters, relative weight error).
+        a CompressionReport (per layer: old / new parameters, relative weight error; skipped
+        layers with their reasons).
     """
     build = COMPRESSIONS.get(type(config))
     if build is None:
@@ -232,13 +269,34 @@ def compress_(
     select = filter_fn or default_filter
     report = CompressionReport()
     targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+    replacements = []
     for name, module in targets:
-        result = build(module, config)
-        if result is None:
+        try:
+            result = build(module, config)
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(
+                f"cannot compress layer {name!r} ({type(module).__name__}): {error}; the model "
+                "is unchanged"
+            ) from error
+        if not isinstance(result, tuple):
+            reason = result or f"{type(module).__name__} is not handled by {type(config).__name__}"
+            report.skipped.append({"name": name, "reason": reason})
             continue
         new, error = result
-        if filter_fn is None and _params(new) > 0.9 * _params(module):
+        before, after = _params(module), _params(new)
+        if filter_fn is None and after > 0.9 * before:
+            report.skipped.append(
+                {"name": name, "reason": f"the twin would keep {after / before:.0%} of the weights"}
+            )
             continue
+        if after > before:
+            warnings.warn(
+                f"compressed {name} has more parameters than the dense layer ({after:,} > "
+                f"{before:,}); lower the ranks",
+                stacklevel=2,
+            )
+        replacements.append((name, module, new, error))
+    for name, module, new, error in replacements:
         new.train(module.training)
         set_submodule(model, name, new)
         report.layers.append(

@@ -38,6 +38,7 @@ class PipelineConfig:
     """
 
     out: str
+    baseline: str  # the model every other one is compared with (default: the first)
     train: dict  # TrainConfig keys shared by every model
     models: list[dict]
     export: dict
@@ -91,6 +92,7 @@ def parse_config(config: dict) -> PipelineConfig:
         raise ConfigError(f"unknown sections {sorted(unknown)}; valid: {sorted(known)}")
     pipe = dict(config.get("pipeline", {}))
     out = pipe.pop("out", "runs/pipeline")
+    baseline = pipe.pop("baseline", None)
     options.build(TrainConfig, pipe, "[pipeline]")
     models = config.get("models", [])
     if not models:
@@ -99,6 +101,10 @@ def parse_config(config: dict) -> PipelineConfig:
         if "name" not in entry:
             raise ConfigError("every [[models]] entry needs a name")
         options.check_keys(entry, TrainConfig, f"[[models]] {entry['name']!r}", MODEL_KEYS)
+    names = [entry["name"] for entry in models]
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ConfigError(f"[pipeline] baseline {baseline!r} is not a [[models]] name: {names}")
     export = dict(config.get("export", {}))
     options.build(ExportConfig, export, "[export]")
     deploy = dict(config.get("deploy", {}))
@@ -108,7 +114,7 @@ def parse_config(config: dict) -> PipelineConfig:
         options.check_keys(target, DeployConfig, "a [deploy] target", TARGET_KEYS)
     bench = dict(config.get("bench", {}))
     options.build(BenchConfig, bench, "[bench]")
-    return PipelineConfig(str(out), pipe, models, export, deploy, targets, bench)
+    return PipelineConfig(str(out), baseline, pipe, models, export, deploy, targets, bench)
 
 
 def _key(*parts: object) -> str:
@@ -305,15 +311,23 @@ def run_pipeline(
         }
     )
     manifests = [sha256_file(b / "kompakt.json") for b in bundles]
+    # parity vs PyTorch: each bundle against the checkpoint it was exported from
+    sources = {label: str(checkpoints[model]) for label, model in bundle_models.items()}
     _run_steps(
         [
             Step(
                 "bench",
                 "all bundles",
                 report,
-                _key("bench", dataclasses.asdict(bench_config), manifests, data_hash),
+                _key(
+                    "bench",
+                    dataclasses.asdict(bench_config),
+                    manifests,
+                    data_hash,
+                    {k: sha256_file(v) for k, v in sources.items()},
+                ),
                 [report / "results.json"],
-                lambda: run_config(bundles, bench_config),
+                lambda: run_config(bundles, bench_config, sources),
             )
         ],
         log,
@@ -325,16 +339,37 @@ def run_pipeline(
     out_summary = {
         "config": config,
         "stages": log.rows,
+        "baseline": plan.baseline,
         "summary": summary,
+        "ratios": ratios(summary, plan.baseline),
+        "training": training_summary(checkpoints),
+        "machine": results["machine"],
         "wall_s": round(time.perf_counter() - started, 1),
         "out": str(root),
     }
-    atomic_write_text(root / "summary.json", json.dumps(out_summary, indent=2, default=str) + "\n")
+    keep_run(root, report, out_summary)
     return out_summary
 
 
+def keep_run(root: Path, report: Path, out_summary: dict) -> Path:
+    """summary.json and report/pipeline.md for this run, and a copy of both plus the bench
+    report under history/<UTC time>/, so a re-run never overwrites an earlier run's numbers."""
+    import shutil
+    from datetime import datetime, timezone
+
+    text = json.dumps(out_summary, indent=2, default=str) + "\n"
+    atomic_write_text(root / "summary.json", text)
+    atomic_write_text(report / "pipeline.md", render_report(out_summary))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    kept = root / "history" / stamp
+    shutil.copytree(report, kept / "report")
+    atomic_write_text(kept / "summary.json", text)
+    return kept
+
+
 def summarise(results: dict, checkpoints: dict[str, Path], bundle_models: dict[str, str]) -> list:
-    """One row per bundle: parameters, file size, latency, peak RSS, accuracy."""
+    """One row per bundle: model, parameters, file size, latency (p50 and spread), memory,
+    accuracy and parity vs the PyTorch checkpoint it came from."""
     from kompakt.models.checkpoint import load_checkpoint
 
     params = {}
@@ -348,34 +383,179 @@ def summarise(results: dict, checkpoints: dict[str, Path], bundle_models: dict[s
     rows = []
     for b in results["bundles"]:
         model = bundle_models.get(b["name"])
-        latency = {k: round(v["p50_ms"], 3) for k, v in b["latency"].items()}
+        parity = b.get("parity") or {}
         rows.append(
             {
                 "bundle": b["name"],
+                "model": model,
+                "backend": b["backend"],
+                "precision": b["precision"],
                 "params": params.get(model),
                 "artefact_kib": round(b["artefact_bytes"] / 1024, 1),
-                "p50_ms": latency,
+                "p50_ms": {k: round(v["p50_ms"], 3) for k, v in b["latency"].items()},
+                "std_ms": {k: round(v["std_ms"], 3) for k, v in b["latency"].items()},
                 "peak_rss_mib": b.get("peak_rss_mib"),
+                "rss_delta_mib": b.get("rss_delta_mib"),
                 "top1": (b.get("accuracy") or {}).get("top1"),
+                "parity_max_rel": parity.get("max_rel"),
+                "parity_top1_agreement": parity.get("top1_agreement"),
             }
         )
     return rows
 
 
-def format_summary(rows: list[dict]) -> str:
+def _ratio(base: float | None, value: float | None) -> float | None:
+    return round(base / value, 2) if base and value else None
+
+
+def ratios(rows: list[dict], baseline: str) -> list[dict]:
+    """Every other model's bundle against the baseline model's bundle of the same backend and
+    precision: how many times faster (per batch), smaller, leaner; accuracy change in points."""
+    base = {(r["backend"], r["precision"]): r for r in rows if r["model"] == baseline}
+    out = []
+    for r in rows:
+        b = base.get((r["backend"], r["precision"]))
+        if b is None or r["model"] == baseline:
+            continue
+        top1 = None
+        if r["top1"] is not None and b["top1"] is not None:
+            top1 = round(100 * (r["top1"] - b["top1"]), 2)
+        out.append(
+            {
+                "bundle": r["bundle"],
+                "vs": b["bundle"],
+                "speedup": {k: _ratio(b["p50_ms"].get(k), v) for k, v in r["p50_ms"].items()},
+                "smaller_file": _ratio(b["artefact_kib"], r["artefact_kib"]),
+                "less_model_memory": _ratio(b["rss_delta_mib"], r["rss_delta_mib"]),
+                "fewer_params": _ratio(b["params"], r["params"]),
+                "top1_change_points": top1,
+            }
+        )
+    return out
+
+
+def training_summary(checkpoints: dict[str, Path]) -> list[dict]:
+    """Per model: epochs run, training time, best validation and the epoch it came from."""
+    rows = []
+    for name, ckpt in checkpoints.items():
+        path = ckpt.parent / "metrics.jsonl"
+        epochs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not epochs:
+            continue
+        metric = "val_accuracy" if "val_accuracy" in epochs[0] else "val_loss"
+        pick = max if metric == "val_accuracy" else min
+        best = pick(epochs, key=lambda row: row.get(metric, float("nan")))
+        rows.append(
+            {
+                "model": name,
+                "epochs": len(epochs),
+                "train_s": round(sum(row.get("time_s", 0.0) for row in epochs), 1),
+                "best_epoch": best["epoch"],
+                metric: best.get(metric),
+            }
+        )
+    return rows
+
+
+def _cell(value: object, fmt: str = "", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def format_summary(rows: list[dict], ratio_rows: list[dict] | None = None) -> str:
     batches = sorted({int(k) for r in rows for k in r["p50_ms"]})
     head = (
         f"{'bundle':<32} {'params':>11} {'file KiB':>9} "
         + " ".join(f"{f'p50 b{b} ms':>11}" for b in batches)
-        + f" {'peak RSS':>9} {'top-1':>7}"
+        + f" {'peak RSS':>9} {'top-1':>7} {'parity':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lat = " ".join(f"{r['p50_ms'].get(str(b), float('nan')):>11.3f}" for b in batches)
-        params = f"{r['params']:,}" if r["params"] is not None else "-"
-        rss = f"{r['peak_rss_mib']:.1f}" if r["peak_rss_mib"] else "-"
-        top1 = f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-"
+        params = _cell(r["params"], ",")
+        rss = _cell(r["peak_rss_mib"], ".1f")
+        top1 = _cell(None if r["top1"] is None else 100 * r["top1"], ".2f", "%")
+        parity = _cell(r.get("parity_max_rel"), ".1e")
         lines.append(
-            f"{r['bundle']:<32} {params:>11} {r['artefact_kib']:>9.1f} {lat} {rss:>9} {top1:>7}"
+            f"{r['bundle']:<32} {params:>11} {r['artefact_kib']:>9.1f} {lat} {rss:>9} "
+            f"{top1:>7} {parity:>8}"
         )
+    if ratio_rows:
+        lines += ["", "vs the baseline (same backend and precision): x = times better"]
+        for r in ratio_rows:
+            speed = ", ".join(f"b{k} {_cell(v, '.2f', 'x')}" for k, v in r["speedup"].items())
+            lines.append(
+                f"{r['bundle']:<32} faster {speed}; file {_cell(r['smaller_file'], '.1f', 'x')}"
+                f"; model memory {_cell(r['less_model_memory'], '.2f', 'x')}; params "
+                f"{_cell(r['fewer_params'], '.1f', 'x')}; top-1 "
+                f"{_cell(r['top1_change_points'], '+.2f', ' points')}"
+            )
+    return "\n".join(lines)
+
+
+def render_report(summary: dict) -> str:
+    """report/pipeline.md: the comparison people came for, generated (never hand-written)."""
+    m = summary["machine"]
+    rows, ratio_rows = summary["summary"], summary["ratios"]
+    batches = sorted({int(k) for r in rows for k in r["p50_ms"]})
+    lines = [
+        "# kompakt pipeline report",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB, {m['os']}. "
+        f"Pipeline wall time {summary['wall_s']} s. Baseline model: `{summary['baseline']}`.",
+        "",
+        "## Bundles",
+        "",
+        "| bundle | parameters | file KiB | "
+        + " | ".join(f"p50 b{b} ms (± std)" for b in batches)
+        + " | peak RSS MiB | RSS over runtime MiB | top-1 | parity vs PyTorch (max rel) |",
+        "|---|---|---|" + "---|" * len(batches) + "---|---|---|---|",
+    ]
+    for r in rows:
+        lat = " | ".join(
+            f"{r['p50_ms'][str(b)]:.3f} ± {r['std_ms'][str(b)]:.3f}"
+            if str(b) in r["p50_ms"]
+            else "–"
+            for b in batches
+        )
+        top1 = _cell(None if r["top1"] is None else 100 * r["top1"], ".2f", " %")
+        lines.append(
+            f"| {r['bundle']} | {_cell(r['params'], ',')} | {r['artefact_kib']:.1f} | {lat} | "
+            f"{_cell(r['peak_rss_mib'], '.1f')} | {_cell(r['rss_delta_mib'], '.1f')} | {top1} | "
+            f"{_cell(r['parity_max_rel'], '.2e')} |"
+        )
+    if ratio_rows:
+        lines += [
+            "",
+            f"## Compressed vs `{summary['baseline']}` (same backend and precision)",
+            "",
+            "x = times faster / smaller / fewer; model memory = RSS over the bare runtime.",
+            "",
+            "| bundle | vs | "
+            + " | ".join(f"faster b{b}" for b in batches)
+            + " | smaller file | less model memory | fewer params | top-1 change |",
+            "|---|---|" + "---|" * len(batches) + "---|---|---|---|",
+        ]
+        for r in ratio_rows:
+            speed = " | ".join(_cell(r["speedup"].get(str(b)), ".2f", "x") for b in batches)
+            lines.append(
+                f"| {r['bundle']} | {r['vs']} | {speed} | {_cell(r['smaller_file'], '.1f', 'x')}"
+                f" | {_cell(r['less_model_memory'], '.2f', 'x')} | "
+                f"{_cell(r['fewer_params'], '.1f', 'x')} | "
+                f"{_cell(r['top1_change_points'], '+.2f', ' points')} |"
+            )
+    if summary.get("training"):
+        lines += [
+            "",
+            "## Training",
+            "",
+            "| model | epochs | train time s | best epoch | best validation |",
+            "|---|---|---|---|---|",
+        ]
+        for t in summary["training"]:
+            metric = "val_accuracy" if "val_accuracy" in t else "val_loss"
+            lines.append(
+                f"| {t['model']} | {t['epochs']} | {t['train_s']} | {t['best_epoch']} | "
+                f"{metric} {_cell(t.get(metric), '.4f')} |"
+            )
+    lines += ["", "Bench details: report.md; plots: pareto.png, latency_vs_batch.png.", ""]
     return "\n".join(lines)

@@ -74,10 +74,13 @@ class BenchConfig:
             raise ConfigError("warmup_s must be >= 0 and duration_s > 0")
 
 
-def run_config(bundles: list[str | Path], config: BenchConfig) -> dict:
-    """`run` with a BenchConfig."""
+def run_config(
+    bundles: list[str | Path], config: BenchConfig, checkpoints: dict[str, str] | None = None
+) -> dict:
+    """`run` with a BenchConfig; `checkpoints` maps a bundle directory's name to the PyTorch
+    checkpoint it came from (parity per bundle, e.g. in a pipeline), else config.ckpt for all."""
     options = dataclasses.asdict(config)
-    return run(bundles, **options)
+    return run(bundles, **options, checkpoints=checkpoints)
 
 
 def results_schema() -> dict:
@@ -198,6 +201,7 @@ def run(
     rounds: int = 2,
     report: str | Path | None = None,
     quiet: bool = False,
+    checkpoints: dict[str, str] | None = None,
 ) -> dict:
     """Measure bundles side by side and return the results (also written under `report`)."""
     if not bundles:
@@ -272,15 +276,16 @@ def run(
                     f"batch {batch}: coefficient of variation {stats['cv']:.0%} > "
                     f"{CV_WARNING:.0%} (noisy machine?)"
                 )
-        if x_eval is not None or ckpt:
+        source = (checkpoints or {}).get(path.name, ckpt)
+        if x_eval is not None or source:
             with load(path, threads=threads) as engine:
                 x = _inputs(engine, x_eval) if x_eval is not None else None
                 if x is not None:
                     measured = _accuracy(engine, x, y_eval, info.task)
                     entry.accuracy = {"dataset": data, "split": split, **measured}
-                if ckpt:
+                if source:
                     x = x[:256] if x is not None else _random_input(engine)
-                    entry.parity = _parity(engine, ckpt, x)
+                    entry.parity = {**_parity(engine, source, x), "checkpoint": str(source)}
         entry.metrics = measure_all(entry)
         results.append(entry.to_dict())
     _add_ratios(results)

@@ -119,8 +119,13 @@ def plot(results: dict, folder: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for b in results["bundles"]:
         batches = sorted(int(k) for k in b["latency"])
-        ax.plot(
-            batches, [b["latency"][str(k)]["p50_ms"] for k in batches], marker="o", label=b["name"]
+        ax.errorbar(
+            batches,
+            [b["latency"][str(k)]["p50_ms"] for k in batches],
+            yerr=[b["latency"][str(k)]["std_ms"] for k in batches],
+            marker="o",
+            capsize=3,
+            label=b["name"],
         )
     ax.set(
         xscale="log",
@@ -136,33 +141,105 @@ def plot(results: dict, folder: Path) -> list[str]:
     plt.close(fig)
     written.append("latency_vs_batch.png")
 
-    with_acc = [b for b in results["bundles"] if (b.get("accuracy") or {}).get("top1") is not None]
-    batch = str(min(int(k) for k in results["bundles"][0]["latency"]))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    largest = max(b["artefact_bytes"] for b in results["bundles"])
-    for b in with_acc or results["bundles"]:
-        if batch not in b["latency"]:
-            continue
-        y = 100 * b["accuracy"]["top1"] if with_acc else 0.0
-        size = 60 + 1500 * b["artefact_bytes"] / largest
-        ax.scatter(b["latency"][batch]["p50_ms"], y, s=size, alpha=0.5)
-        ax.annotate(
-            f"{b['name']}\n{b['artefact_bytes'] / 1024:.0f} KiB",
-            (b["latency"][batch]["p50_ms"], y),
-            fontsize=7,
-            ha="center",
-        )
-    ax.set(
-        xlabel=f"p50 latency at batch {batch} (ms)",
-        ylabel="top-1 accuracy (%)" if with_acc else "(no accuracy measured)",
-        title="Accuracy vs latency vs size (bubble area = file size)",
-    )
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "pareto.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    pareto_plot(ax, results["bundles"])
+    fig.savefig(folder / "pareto.png", dpi=120, bbox_inches="tight")  # labels never clipped
     plt.close(fig)
     written.append("pareto.png")
     return written
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def model_of(bundle: dict) -> str:
+    """The model a bundle holds: its name without the -backend-precision the pipeline adds."""
+    suffix = f"-{bundle['backend']}-{bundle['precision']}"
+    name = bundle["name"]
+    return name[: -len(suffix)] if name.endswith(suffix) and name != suffix else name
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both lower x and higher y, by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -float("inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_plot(ax, bundles: list[dict]) -> None:
+    """Accuracy vs latency at the smallest batch: colour = model, marker = backend/precision,
+    area = file size, error bars = the measured spread (latency std; accuracy's binomial std),
+    the Pareto front drawn."""
+    from matplotlib.lines import Line2D
+
+    batch = str(min(int(k) for b in bundles for k in b["latency"]))
+    shown = [b for b in bundles if batch in b["latency"]]
+    has_acc = all((b.get("accuracy") or {}).get("top1") is not None for b in shown)
+    models = sorted({model_of(b) for b in shown})
+    kinds = sorted({(b["backend"], b["precision"]) for b in shown})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    markers = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(kinds)}
+    largest = max(b["artefact_bytes"] for b in shown)
+    points = []
+    for b in shown:
+        stats = b["latency"][batch]
+        accuracy = b.get("accuracy") or {}
+        y = 100 * accuracy["top1"] if has_acc else 0.0
+        yerr = 0.0
+        if has_acc and accuracy.get("samples"):
+            p = accuracy["top1"]
+            yerr = 100 * (p * (1 - p) / accuracy["samples"]) ** 0.5
+        points.append((stats["p50_ms"], y))
+        ax.errorbar(
+            stats["p50_ms"],
+            y,
+            xerr=stats["std_ms"],
+            yerr=yerr,
+            fmt=markers[(b["backend"], b["precision"])],
+            color=colours[model_of(b)],
+            markersize=6 + 14 * (b["artefact_bytes"] / largest) ** 0.5,
+            alpha=0.75,
+            capsize=3,
+        )
+        ax.annotate(
+            f"{b['name']}\n{b['artefact_bytes'] / 1024:.0f} KiB",
+            (stats["p50_ms"], y),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    front = pareto_front(points)
+    if has_acc and len(front) > 1:
+        ax.step(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            where="post",
+            linestyle="--",
+            color="grey",
+            linewidth=1,
+        )
+    handles = [
+        Line2D([], [], color=colour, marker="o", linestyle="", label=model)
+        for model, colour in colours.items()
+    ]
+    handles += [
+        Line2D([], [], color="grey", marker=mk, linestyle="", label=f"{k[0]} {k[1]}")
+        for k, mk in markers.items()
+    ]
+    if has_acc and len(front) > 1:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.margins(0.15)
+    ax.set(
+        xlabel=f"p50 latency at batch {batch} (ms), bars: ± std",
+        ylabel="top-1 accuracy (%), bars: ± binomial std" if has_acc else "(no accuracy measured)",
+        title="Accuracy vs latency vs size (marker size = file size)",
+    )
+    ax.grid(True, alpha=0.3)
 
 
 def write_report(results: dict, folder: Path) -> None:

@@ -32,6 +32,7 @@ from kompakt.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from kompakt.models.surgery import MIN_PARAMS
 from kompakt.options import opt
 from kompakt.progress import progress
 from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
@@ -183,7 +184,15 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
         model = build_model(config.model, **kwargs)
         spec = {"name": config.model, "kwargs": kwargs}
     if config.compress:
-        report = str(compress_(model, parse_compress(config.compress)))
+        compression = compress_(model, parse_compress(config.compress))
+        if not compression.layers:
+            reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in compression.skipped)
+            raise ConfigError(
+                f"--compress {config.compress} replaced no layer of {spec['name']} ("
+                + (reasons or f"no Linear/Conv2d with >= {MIN_PARAMS:,} weights")
+                + "); training it would be the uncompressed model under another name"
+            )
+        report = str(compression)
     spec["layers"] = layer_specs(model)
     return model, spec, report
 
