@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -51,3 +52,24 @@ def lenet_bundle(lenet_onnx, tmp_path_factory):
     from bundles import bundle
 
     return bundle(lenet_onnx, tmp_path_factory.mktemp("bundles") / "lenet-ort")
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """The fake `tensorrt` and cuda-python modules (tests/fakes) in sys.modules for one test:
+    every TensorRT builder and runner line runs on the CPU, results computed by ONNX Runtime."""
+    import types
+
+    from fakes import cuda_runtime, tensorrt
+
+    cuda_runtime.reset()
+    tensorrt.LOG.clear()
+    package = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cuda_runtime
+    package.bindings = bindings
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    monkeypatch.setitem(sys.modules, "cuda", package)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda_runtime)
+    return tensorrt

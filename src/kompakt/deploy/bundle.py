@@ -31,7 +31,7 @@ import onnx
 
 from kompakt import __version__, metrics
 from kompakt._io import atomic_write_text
-from kompakt.deploy.builders import BACKENDS, BuildOptions
+from kompakt.deploy.builders import BACKENDS, BuildOptions, profile_batches
 from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
@@ -217,6 +217,10 @@ def build_bundle(
     check_output(out, model_path, config.force)
     if not model_path.is_file():
         raise ConfigError(f"ONNX model {model_path} does not exist")
+    previous_cache = out / "timing.cache"
+    if options.timing_cache is None and previous_cache.is_file():
+        # --force over a bundle: its tactic timings make the rebuild faster
+        options = dataclasses.replace(options, timing_cache=str(previous_cache))
     try:
         source = onnx.load(str(model_path))
         onnx.checker.check_model(source)
@@ -270,7 +274,12 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
         graph = tmp / "model.int8.onnx"
         calib = data["train"][: config.calib_samples]
         result = quantize_int8(
-            tmp / "model.onnx", graph, calib, config.calib_method, scheme=config.int8_scheme
+            tmp / "model.onnx",
+            graph,
+            calib,
+            config.calib_method,
+            scheme=config.int8_scheme,
+            float_bias=backend.capabilities.int8_float_bias,
         )
         quantization = _quantization_record(result, backend)
     elif precision == "fp16" and backend.capabilities.fp16_graph:
@@ -281,7 +290,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
 
     batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
     fixed = isinstance(batch_axis, int) and batch_axis > 0
-    chunk = batch_axis if fixed else min(64, options.max_batch or 64)
+    chunk = batch_axis if fixed else min(64, engine_max_batch(backend, options, batch_axis) or 64)
     last: dict = {}
 
     def measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
@@ -333,6 +342,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 config.calib_method,
                 excluded,
                 scheme=config.int8_scheme,
+                float_bias=backend.capabilities.int8_float_bias,
             )
             quantization = _quantization_record(result, backend)
             artefact, accuracy, parity = measure(graph)
@@ -603,10 +613,22 @@ def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> 
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
-    runner = _runner(tmp, json.loads((tmp / MANIFEST).read_text()), artefact, options.threads)
-    got = _run_batches(runner.run, x, 64)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    runner = _runner(tmp, manifest, artefact, options.threads)
+    got = _run_batches(runner.run, x, min(64, manifest.get("max_batch") or 64))
     runner.close()
     return metrics.parity(reference, got)
+
+
+def engine_max_batch(backend, options: BuildOptions, batch_axis: object) -> int | None:
+    """The largest batch the built engine takes, always recorded in the manifest: a static
+    batch axis; a GPU backend's profile maximum (its engine refuses more); otherwise the
+    user's --max-batch, or None (CPU runtimes take any batch)."""
+    if isinstance(batch_axis, int) and batch_axis > 0:
+        return batch_axis
+    if backend.capabilities.device == "gpu":
+        return profile_batches(options)[2]
+    return options.max_batch
 
 
 def _manifest(config, options, artefact, meta, inputs, outputs, quantization, graph_precision):
@@ -616,7 +638,7 @@ def _manifest(config, options, artefact, meta, inputs, outputs, quantization, gr
     channels_known = len(inputs[0]["shape"]) == 4
     spatial_dynamic = any(isinstance(d, str) for d in inputs[0]["shape"][2:])
     batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
-    max_batch = options.max_batch if isinstance(batch_axis, str) else batch_axis
+    max_batch = engine_max_batch(BACKENDS.get(config.backend)(), options, batch_axis)
     return {
         "schema_version": SCHEMA_VERSION,
         "kompakt_version": __version__,

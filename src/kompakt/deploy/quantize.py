@@ -148,6 +148,7 @@ def quantize_int8(
     method: str = "minmax",
     exclude: list[str] | None = None,
     scheme: str = "portable",
+    float_bias: bool = False,
 ) -> QuantizationResult:
     """Write a symmetric INT8 Q/DQ model of `source` to `target`.
 
@@ -157,6 +158,8 @@ def quantize_int8(
         exclude: node names to keep in float (the accuracy guard adds the sensitive ones).
         scheme: "portable" (7-bit weights, exact on every CPU) or "full-range" (8-bit weights,
             needs VNNI / AMX on x86).
+        float_bias: keep biases float instead of INT32 DequantizeLinear inputs (TensorRT's
+            DequantizeLinear takes INT8 / FP8 / INT4 only, so its parser rejects INT32 biases).
 
     Raises:
         ConfigError: unknown method or scheme, no calibration samples.
@@ -219,7 +222,11 @@ def quantize_int8(
                 reduce_range=scheme == "portable",  # 7-bit weights; activations keep 8 bits
                 calibrate_method=calibration,
                 nodes_to_exclude=keep_float,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": not float_bias,
+                },
             )
             failure = _runs(str(target), calib[:1], input_name)
             if failure is None:

@@ -24,6 +24,11 @@ MAX_RANK = 8
 OPSET_RANGE = (9, 24)
 OPSET_TRT_10_1 = 20
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+DQ_INPUT_TYPES = {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.FLOAT8E4M3FN,
+    onnx.TensorProto.INT4,
+}
 REDUCE_OPS = {
     "ReduceL1",
     "ReduceL2",
@@ -192,6 +197,14 @@ def lint_trt(model_or_path: str | Path | onnx.ModelProto) -> LintReport:
             elif np.any(zero_point != 0):
                 err(
                     f"zero-point must be 0 (symmetric quantisation), found {zero_point.ravel()[:4]}"
+                )
+        if op == "DequantizeLinear":
+            dtype = types.get(node.input[0])
+            if dtype and dtype not in DQ_INPUT_TYPES:
+                name = onnx.TensorProto.DataType.Name(dtype)
+                err(
+                    f"input {node.input[0]} is {name}; TensorRT's DequantizeLinear takes INT8, FP8 "
+                    "or INT4 only (quantise biases off: QuantizeBias=False)"
                 )
         if op == "MatMul":
             for tensor in node.input:

@@ -24,11 +24,14 @@ class Capabilities:
             the CPU's instructions; see kompakt.runtime.cpu).
         fp16_graph: fp16 needs an FP16 ONNX graph (TensorRT's strong typing); otherwise the
             backend stores half weights itself from the fp32 graph.
+        int8_float_bias: the INT8 Q/DQ graph keeps biases float (TensorRT's DequantizeLinear
+            takes INT8 / FP8 / INT4 inputs only, never the INT32 biases ORT writes by default).
     """
 
     precisions: tuple[str, ...] = ("fp32",)
     device: str = "cpu"
     fp16_graph: bool = False
+    int8_float_bias: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,13 @@ class BuildOptions:
     min_batch: int = opt(1, "Smallest batch of the engine's profile.")
     opt_batch: int | None = opt(None, "Batch the engine is tuned for (GPU profiles).")
     max_batch: int | None = opt(None, "Largest batch the engine accepts.")
-    device_id: int = opt(0, "CUDA device (GPU backends).")
+    device_id: int = opt(0, "CUDA device the GPU backends build and run on.")
     workspace_mib: int = opt(2048, "TensorRT builder workspace (MiB).")
     builder_optimization_level: int = opt(3, "TensorRT builder optimisation level (0..5).")
-    rebuild_if_stale: bool = opt(False, "Rebuild a TensorRT plan made for another GPU.")
+    timing_cache: str | None = opt(
+        None,
+        "TensorRT timing cache to start from (default: the one in the bundle being replaced).",
+    )
 
     def __post_init__(self) -> None:
         if self.opt_level not in ("basic", "all"):

@@ -164,7 +164,9 @@ class OnnxRuntimeCudaBackend(_OrtGpuBackend):
 class OnnxRuntimeTensorrtBackend(_OrtGpuBackend):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True)
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True, int8_float_bias=True
+    )
 
     def provider_options(self, model: Path, precision: str, options: BuildOptions) -> dict:
         import onnx

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kompakt._io import atomic_write
 from kompakt.deploy.builders.base import (
     BACKENDS,
     Artefact,
@@ -61,14 +63,19 @@ class TensorRTBuildSettings:
         return asdict(self)
 
     def profile(self, input_shape: list) -> tuple[tuple, tuple, tuple]:
-        """(min, opt, max) shapes: the dynamic batch axis set, every other axis static."""
+        """(min, opt, max) shapes: a dynamic batch axis spans the profile's batches, a static
+        one (`kompakt export --batch N`) is N in all three, every other axis is static."""
         rest = list(input_shape[1:])
         if any(not isinstance(d, int) or d < 1 for d in rest):
             raise ConfigError(
                 f"TensorRT profiles need static dims after the batch, got {input_shape}; "
                 "export with a fixed image size"
             )
-        return tuple((batch, *rest) for batch in (self.min_batch, self.opt_batch, self.max_batch))  # type: ignore[return-value]
+        batch = input_shape[0] if input_shape else -1
+        if isinstance(batch, int) and batch > 0:
+            return ((batch, *rest),) * 3  # type: ignore[return-value]
+        batches = (self.min_batch, self.opt_batch, self.max_batch)
+        return tuple((b, *rest) for b in batches)  # type: ignore[return-value]
 
     def precision_plan(self, trt_version: str) -> dict:
         """How this precision is reached on this TensorRT version.
@@ -96,13 +103,27 @@ class TensorRTBuildSettings:
         return {"strongly_typed": True, "builder_flags": [], "graph": graph}
 
 
-def build_plan(onnx_path: Path, bundle: Path, settings: TensorRTBuildSettings) -> dict:
+def _checked(ok: object, call: str) -> None:
+    """TensorRT reports most failures by a False/None/-1 result and a log line: make it loud."""
+    if ok is None or ok is False or (isinstance(ok, int) and not isinstance(ok, bool) and ok < 0):
+        raise KompaktError(f"TensorRT {call} failed (see the TensorRT log above)")
+
+
+def build_plan(
+    onnx_path: Path,
+    bundle: Path,
+    settings: TensorRTBuildSettings,
+    timing_cache: Path | None = None,
+    device_id: int = 0,
+) -> dict:
     """Parse, configure and build a serialised engine into bundle/model.plan.
 
-    Also writes timing.cache (reused on rebuild) and layers.json (engine inspector, JSON).
+    Also writes timing.cache (seeded from `timing_cache` when given, so rebuilds reuse the
+    tactic timings) and layers.json (engine inspector, JSON).
     """
     import tensorrt as trt
 
+    cuda_call(cudart().cudaSetDevice(device_id), "cudaSetDevice")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     plan = settings.precision_plan(trt.__version__)
@@ -123,34 +144,56 @@ def build_plan(onnx_path: Path, bundle: Path, settings: TensorRTBuildSettings) -
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        shape = [int(d) for d in tensor.shape]
-        low, opt, high = settings.profile([-1, *shape[1:]] if shape[0] == -1 else shape)
+        low, opt, high = settings.profile([int(d) for d in tensor.shape])
         profile.set_shape(tensor.name, low, opt, high)
-    config.add_optimization_profile(profile)
-    cache_path = bundle / "timing.cache"
-    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    _checked(config.add_optimization_profile(profile), "add_optimization_profile")
+    blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None and blob:  # a corrupt or foreign cache: build without it, say so
+        warnings.warn(f"TensorRT could not read the timing cache {timing_cache}", stacklevel=2)
+        cache = config.create_timing_cache(b"")
+    _checked(cache, "create_timing_cache")
+    reused = bool(blob) and config.set_timing_cache(cache, ignore_mismatch=False)
+    if not reused:
+        if blob:
+            warnings.warn(
+                f"the timing cache {timing_cache} was made for another GPU or TensorRT; "
+                "building without it",
+                stacklevel=2,
+            )
+            cache = config.create_timing_cache(b"")
+        _checked(config.set_timing_cache(cache, ignore_mismatch=False), "set_timing_cache")
     serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise KompaktError("TensorRT failed to build the engine (see the TensorRT log above)")
-    (bundle / "model.plan").write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(cache.serialize()))
+    _checked(serialized, "build_serialized_network")
+    atomic_write(bundle / "model.plan", lambda handle: handle.write(bytes(serialized)))
+    atomic_write(bundle / "timing.cache", lambda handle: handle.write(bytes(cache.serialize())))
     engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+    _checked(engine, "deserialize_cuda_engine")
     inspector = engine.create_engine_inspector()
     layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     (bundle / "layers.json").write_text(layers if isinstance(layers, str) else json.dumps(layers))
+    memory = getattr(engine, "device_memory_size_v2", None)  # 10.1+; pinned, but be explicit
     return {
-        **device_fingerprint(),
+        **device_fingerprint(device_id),
         "precision_plan": plan,
-        "device_memory_bytes": int(engine.device_memory_size_v2),
+        "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
+        "timing_cache_reused": reused,
+        "device_memory_bytes": int(memory if memory is not None else engine.device_memory_size),
+        "profile": {
+            network.get_input(i).name: [
+                list(s) for s in engine.get_tensor_profile_shape(network.get_input(i).name, 0)
+            ]
+            for i in range(network.num_inputs)
+        },
     }
 
 
 @BACKENDS.register("tensorrt", help="native TensorRT engine (plan) on a CUDA GPU")
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True)
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True, int8_float_bias=True
+    )
     needs = "pip install 'kompakt[gpu]' (tensorrt) and a CUDA GPU"
 
     def unavailable_reason(self) -> str | None:
@@ -172,10 +215,11 @@ class TensorRTBackend(Backend):
             workspace_mib=options.workspace_mib,
             optimization_level=options.builder_optimization_level,
         )
-        info = build_plan(model, bundle, settings)
+        cache = Path(options.timing_cache) if options.timing_cache else None
+        info = build_plan(model, bundle, settings, cache, options.device_id)
         return Artefact(
             "model.plan",
             extra=["timing.cache", "layers.json"],
-            backend_options={"settings": settings.to_dict()},
+            backend_options={"settings": settings.to_dict(), "device_id": options.device_id},
             info=info,
         )

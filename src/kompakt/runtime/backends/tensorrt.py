@@ -21,18 +21,20 @@ def cudart():
         return require("cuda.cudart", "gpu", "the tensorrt backend")
 
 
-def cuda_call(result: tuple) -> object:
-    """Unwrap a cuda-python (error, value...) tuple, raising on an error code."""
+def cuda_call(result: tuple, call: str = "CUDA call") -> object:
+    """Unwrap a cuda-python (error, value...) tuple, raising one line naming the call."""
     error, *values = result
     if int(error) != 0:
-        raise KompaktError(f"CUDA call failed: {error}")
+        raise KompaktError(f"{call} failed: {error}")
+    if not values:
+        return None
     return values[0] if len(values) == 1 else tuple(values)
 
 
 def device_fingerprint(device: int = 0) -> dict:
     """TensorRT version, GPU name and compute capability: a plan only runs where it was built."""
     trt = require("tensorrt", "gpu", "the tensorrt backend")
-    props = cuda_call(cudart().cudaGetDeviceProperties(device))
+    props = cuda_call(cudart().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return {
         "tensorrt": trt.__version__,
@@ -52,61 +54,126 @@ def check_fingerprint(built: dict, here: dict) -> None:
             )
 
 
+class _Slot:
+    """One thread's execution context, CUDA stream and device buffers (grown, never per call)."""
+
+    def __init__(self, context, stream) -> None:
+        self.context, self.stream = context, stream
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+
 @RUNNERS.register("tensorrt", help="a native TensorRT engine (plan) on a CUDA GPU")
 class TensorRTRunner:
-    """Deserialises the plan; one execution context per thread (contexts are not thread-safe)."""
+    """A deserialised plan. Each thread gets its own execution context, stream and device
+    buffers (contexts are not thread-safe), made once and reused, so no allocation happens
+    inside a timed call. Every I/O tensor is bound with its own dtype; every TensorRT and CUDA
+    call's result is checked."""
 
     sdk = "tensorrt"
 
     def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
         trt = require("tensorrt", "gpu", "the tensorrt backend")
-        self.cuda = cudart()
-        check_fingerprint(manifest.get("backend_info", {}), device_fingerprint())
+        self.trt, self.cuda = trt, cudart()
+        self.device = int(manifest.get("backend_options", {}).get("device_id", 0))
+        cuda_call(self.cuda.cudaSetDevice(self.device), "cudaSetDevice")
+        check_fingerprint(manifest.get("backend_info", {}), device_fingerprint(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise KompaktError(f"TensorRT could not deserialise {path} (see its log above)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if n not in self.inputs]
+        if len(self.inputs) != 1 or not self.outputs:
+            raise KompaktError(
+                f"kompakt runs plans with one input and at least one output; {path} has inputs "
+                f"{self.inputs} and outputs {self.outputs}"
+            )
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.local = threading.local()
+        self.slots: list[_Slot] = []
+        self.lock = threading.Lock()
 
-    def _context(self):
-        context = getattr(self.local, "context", None)
-        if context is None:
-            context = self.local.context = self.engine.create_execution_context()
-            self.local.stream = cuda_call(self.cuda.cudaStreamCreate())
-        return context, self.local.stream
+    def _slot(self) -> _Slot:
+        slot = getattr(self.local, "slot", None)
+        if slot is None:
+            context = self.engine.create_execution_context()
+            if context is None:
+                raise KompaktError("TensorRT create_execution_context failed (device memory?)")
+            stream = cuda_call(self.cuda.cudaStreamCreate(), "cudaStreamCreate")
+            slot = self.local.slot = _Slot(context, stream)
+            with self.lock:
+                self.slots.append(slot)
+        return slot
+
+    def _buffer(self, slot: _Slot, name: str, nbytes: int) -> int:
+        pointer, size = slot.buffers.get(name, (0, 0))
+        if size < nbytes:  # first call, or a larger batch than before: grow once
+            if pointer:
+                cuda_call(self.cuda.cudaFree(pointer), "cudaFree")
+            pointer = int(cuda_call(self.cuda.cudaMalloc(nbytes), "cudaMalloc"))
+            slot.buffers[name] = (pointer, nbytes)
+        if not slot.context.set_tensor_address(name, pointer):
+            raise KompaktError(f"TensorRT set_tensor_address({name!r}) failed")
+        return pointer
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_all(x)[self.outputs[0]]
+
+    def run_all(self, x: np.ndarray, copies: bool = True) -> dict[str, np.ndarray]:
+        """Every output for input x. copies=False skips the host<->device copies (timing of the
+        engine alone; the outputs are then left on the device and returned empty)."""
         cuda = self.cuda
-        context, stream = self._context()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not context.set_input_shape(self.inputs[0], tuple(x.shape)):
+        slot = self._slot()
+        context, stream = slot.context, slot.stream
+        name = self.inputs[0]
+        x = np.ascontiguousarray(x, dtype=self.dtypes[name])
+        if not context.set_input_shape(name, tuple(x.shape)):
             raise ShapeError(
                 f"TensorRT rejected input shape {x.shape}: outside the plan's optimisation "
                 "profile (see the bundle's max_batch)"
             )
-        out_shape = tuple(context.get_tensor_shape(self.outputs[0]))
-        if any(d < 0 for d in out_shape):
-            raise KompaktError(f"TensorRT could not infer the output shape for input {x.shape}")
-        output = np.empty(out_shape, np.float32)
-        src = cuda_call(cuda.cudaMalloc(x.nbytes))
-        dst = cuda_call(cuda.cudaMalloc(output.nbytes))
-        try:
-            h2d = cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
-            d2h = cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            cuda_call(cuda.cudaMemcpyAsync(src, x.ctypes.data, x.nbytes, h2d, stream))
-            context.set_tensor_address(self.inputs[0], int(src))
-            context.set_tensor_address(self.outputs[0], int(dst))
-            if not context.execute_async_v3(int(stream)):
-                raise KompaktError("TensorRT execute_async_v3 failed (see its log above)")
-            cuda_call(cuda.cudaMemcpyAsync(output.ctypes.data, dst, output.nbytes, d2h, stream))
-            cuda_call(cuda.cudaStreamSynchronize(stream))
-        finally:
-            cuda.cudaFree(src)
-            cuda.cudaFree(dst)
-        return output
+        results = {}
+        for output in self.outputs:
+            shape = tuple(context.get_tensor_shape(output))
+            if any(d < 0 for d in shape):
+                raise KompaktError(
+                    f"TensorRT could not infer the shape of {output!r} for {x.shape}"
+                )
+            results[output] = np.empty(shape, self.dtypes[output])
+        source = self._buffer(slot, name, x.nbytes)
+        targets = {o: self._buffer(slot, o, max(a.nbytes, 1)) for o, a in results.items()}
+        h2d = cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        if copies:
+            cuda_call(
+                cuda.cudaMemcpyAsync(source, x.ctypes.data, x.nbytes, h2d, stream),
+                "cudaMemcpyAsync (to the GPU)",
+            )
+        if not context.execute_async_v3(int(stream)):
+            raise KompaktError("TensorRT execute_async_v3 failed (see its log above)")
+        if copies:
+            for output, array in results.items():
+                cuda_call(
+                    cuda.cudaMemcpyAsync(
+                        array.ctypes.data, targets[output], array.nbytes, d2h, stream
+                    ),
+                    "cudaMemcpyAsync (from the GPU)",
+                )
+        cuda_call(cuda.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return results
+
+    def device_memory(self) -> dict:
+        """The engine's activation memory and the buffers this runner holds (bytes)."""
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        held = sum(size for slot in self.slots for _, size in slot.buffers.values())
+        return {"engine_device_memory_bytes": size, "io_buffers_bytes": held}
 
     def close(self) -> None:
+        for slot in self.slots:
+            for pointer, _ in slot.buffers.values():
+                self.cuda.cudaFree(pointer)
+            self.cuda.cudaStreamDestroy(slot.stream)
+        self.slots = []
         self.engine = None
