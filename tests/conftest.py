@@ -73,3 +73,22 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda_runtime)
     return tensorrt
+
+
+@pytest.fixture
+def fake_ort_gpu(monkeypatch):
+    """onnxruntime with the CUDA and TensorRT providers 'available' and a session stand-in
+    (tests/fakes/onnxruntime_gpu.py) that reports fallback and node placement like ORT does."""
+    import onnxruntime as ort
+
+    from fakes import onnxruntime_gpu
+    from kompakt.deploy.builders import onnxruntime as builder
+
+    session = onnxruntime_gpu.FakeGpuSession
+    session.active, session.created = None, []
+    session.on_cpu = frozenset({"Shape", "Gather", "Unsqueeze", "Concat"})
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(builder, "installed_ort_wheels", lambda: ["onnxruntime-gpu"])
+    return session

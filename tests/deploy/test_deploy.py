@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from bundles import bundle
 from kompakt.deploy import BACKENDS, BuildOptions, DeployConfig, build_bundle, list_backends
@@ -11,6 +12,7 @@ from kompakt.deploy.builders import profile_batches
 from kompakt.deploy.builders.onnxruntime import tensorrt_ep_options
 from kompakt.deploy.builders.tensorrt import TensorRTBuildSettings
 from kompakt.deploy.fp16 import convert_to_fp16
+from kompakt.deploy.quantize import quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export import lint_trt
 from kompakt.runtime import BackendUnavailableError, load
@@ -52,7 +54,7 @@ def test_every_cpu_backend_and_precision_builds_runs_and_keeps_parity(
         assert engine.run(x).shape == (3, 10)
 
 
-def test_int8_bundle_is_symmetric_qdq_that_passes_the_trt_lint(lenet_onnx, tmp_path):
+def test_int8_qdq_is_symmetric_and_passes_the_trt_lint_only_with_float_biases(lenet_onnx, tmp_path):
     out = bundle(
         lenet_onnx,
         tmp_path / "q",
@@ -68,9 +70,14 @@ def test_int8_bundle_is_symmetric_qdq_that_passes_the_trt_lint(lenet_onnx, tmp_p
     )
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the CPU bundle keeps ORT's INT32 bias DequantizeLinear (fused by ORT's CPU kernels), which
+    # TensorRT's parser rejects: the lint must say so, and the TensorRT backends' graph passes
     report = lint_trt(graph)
+    assert not report.ok and all(i.op == "DequantizeLinear" for i in report.errors)
+    calib = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    quantize_int8(lenet_onnx, tmp_path / "trt.onnx", calib, float_bias=True)
+    report = lint_trt(tmp_path / "trt.onnx")
     assert report.ok, str(report)
-    manifest = json.loads((out / "kompakt.json").read_text())
     assert manifest["quantization"]["calib_samples"] == 64
     assert manifest["quantization"]["calib_method"] == "entropy"
 
@@ -153,6 +160,40 @@ def test_fp16_graph_keeps_float32_edges_and_close_outputs(lenet_onnx):
     got = ReferenceEvaluator(half).run(None, {"input": x})[0]
     assert got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max() + 1e-3
+
+
+def test_fp16_handles_constants_and_an_output_other_nodes_read():
+    """The cases a hand-written pass got wrong: a Constant with value_float, ConstantOfShape,
+    and a graph output that is also an input of later nodes."""
+    nodes = [
+        helper.make_node("Constant", [], ["two"], value_float=2.0),
+        helper.make_node("Mul", ["x", "two"], ["doubled"]),  # a graph output, read below
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["ones"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+        ),
+        helper.make_node("Add", ["doubled", "ones"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [
+            helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    half = convert_to_fp16(model)
+    onnx.checker.check_model(half)
+    assert [o.type.tensor_type.elem_type for o in half.graph.output] == [TensorProto.FLOAT] * 2
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    doubled, y = ort.InferenceSession(half.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(doubled, 2 * x)
+    np.testing.assert_allclose(y, 2 * x + 1)
 
 
 # -- TensorRT / GPU configuration that runs before any CUDA call ----------------------------

@@ -210,9 +210,10 @@ def build_bundle(
     if reason:
         raise BackendUnavailable(f"backend {config.backend!r} is unavailable: {reason}")
     if config.precision not in backend.precisions:
+        why = backend.precision_notes.get(config.precision)
         raise ConfigError(
             f"backend {config.backend!r} supports precisions {backend.precisions}, not "
-            f"{config.precision!r}"
+            f"{config.precision!r}" + (f": {why}" if why else "")
         )
     check_output(out, model_path, config.force)
     if not model_path.is_file():

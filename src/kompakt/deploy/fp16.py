@@ -1,58 +1,74 @@
-"""FP16 graphs for strongly typed runtimes: float initializers to half, casts at the edges.
+"""FP16 graphs for strongly typed runtimes (TensorRT, the ORT TensorRT / CUDA providers).
 
-Inputs and outputs stay float32 (a Cast after each input and before each output), so apps feed
-and read float32 whatever the engine computes in.
+ONNX Runtime ships a maintained converter (`onnxruntime.transformers.float16`): it handles
+Constant nodes, ConstantOfShape, Resize scales, graph outputs that other nodes also read, and
+keeps the graph topologically sorted, cases a hand-written pass got wrong. kompakt only fixes
+its options: float32 inputs and outputs (apps feed and read float32 whatever the engine computes
+in) and ops whose float16 forms lose what they compute kept in float32.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+# Kept in float32: shape arithmetic and ops whose fp16 results overflow or lose their meaning
+# (Resize's scales, reductions of many terms); the converter inserts the Casts around them.
+FP32_OPS = ["Resize", "Range", "ReduceSum", "ReduceMean", "CumSum"]
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` computing in float16 with float32 inputs and outputs."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
-            half = numpy_helper.to_array(tensor).astype(np.float16)
-            graph.initializer[index].CopyFrom(numpy_helper.from_array(half, tensor.name))
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    _constants_as_tensors(copy.graph)  # the converter reads only Constant's `value` tensor
+    half = convert_float_to_float16(
+        copy,
+        keep_io_types=True,
+        op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *FP32_OPS}),
+        disable_shape_infer=False,
+    )
+    _sort_topologically(half.graph)  # the converter appends its input Casts at the end
+    onnx.checker.check_model(half)
+    return half
+
+
+def _constants_as_tensors(graph: onnx.GraphProto) -> None:
+    """Constant nodes given as value_float / value_floats rewritten to an equal `value` tensor,
+    which the converter does convert (it leaves the scalar forms float32, and the graph then
+    mixes float16 and float32 inputs on one op)."""
+    from onnx import TensorProto, helper
+
     for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(
-                        numpy_helper.from_array(
-                            numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name
-                        )
-                    )
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to" and attr.i == TensorProto.FLOAT:
-                    attr.i = TensorProto.FLOAT16
-    first, last = [], []
-    for value in graph.input:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            first.append(_edge_cast(graph, value.name, TensorProto.FLOAT16, "input"))
-    for value in graph.output:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            last.append(_edge_cast(graph, value.name, TensorProto.FLOAT, "output"))
-    nodes = [*first, *graph.node, *last]
+        if node.op_type != "Constant":
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "value_float":
+                tensor = helper.make_tensor("value", TensorProto.FLOAT, [], [attr.f])
+            elif attr.name == "value_floats":
+                tensor = helper.make_tensor(
+                    "value", TensorProto.FLOAT, [len(attr.floats)], attr.floats
+                )
+            else:
+                continue
+            node.attribute.remove(attr)
+            node.attribute.append(helper.make_attribute("value", tensor))
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (ONNX requires it, and
+    TensorRT's parser reads nodes in order); stable for graphs that are already sorted."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            names = [n.name or n.op_type for n in pending[:5]]
+            raise ValueError(f"the fp16 graph has a cycle or a missing input near {names}")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
     del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]  # stale float32 annotations; shape inference refills them
-    return onnx.shape_inference.infer_shapes(model)
-
-
-def _edge_cast(graph: onnx.GraphProto, name: str, to: int, side: str) -> onnx.NodeProto:
-    """Rewire the graph so `name` (a graph input or output) keeps float32 through a Cast."""
-    half = f"{name}_fp16"
-    for node in graph.node:
-        if side == "input":
-            node.input[:] = [half if i == name else i for i in node.input]
-        else:
-            node.output[:] = [half if o == name else o for o in node.output]
-    source, target = ([name], [half]) if side == "input" else ([half], [name])
-    return helper.make_node("Cast", source, target, to=to, name=f"cast_{name}_{side}")
+    graph.node.extend(ordered)

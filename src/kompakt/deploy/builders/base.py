@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from kompakt.errors import ConfigError
 from kompakt.options import opt
@@ -77,6 +77,7 @@ class Backend(ABC):
     name = ""
     capabilities = Capabilities()
     needs = ""  # what to install, for the unavailable message
+    precision_notes: ClassVar[dict[str, str]] = {}  # why a precision is not offered
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from kompakt.deploy.builders.base import (
     BACKENDS,
@@ -59,17 +60,63 @@ class OnnxRuntimeBackend(Backend):
         )
 
 
+def installed_ort_wheels() -> list[str]:
+    """The ONNX Runtime distributions installed (ONNX Runtime's documentation: only one may be;
+    they share the `onnxruntime` module and whichever was installed last wins)."""
+    from importlib import metadata
+
+    names = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+    found = []
+    for name in names:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+# the shared library each GPU provider loads (it links CUDA / cuDNN / TensorRT at load time)
+EP_LIBRARIES = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+
 def ort_gpu_reason(provider: str) -> str | None:
     """Why an ONNX Runtime GPU provider cannot run here, or None."""
     try:
         import onnxruntime as ort
     except ImportError:
         return "onnxruntime is not installed"
+    wheels = installed_ort_wheels()
+    if "onnxruntime-gpu" in wheels and len(wheels) > 1:
+        others = " ".join(w for w in wheels if w != "onnxruntime-gpu")
+        return (
+            f"{' and '.join(wheels)} are installed together and share one module; keep one: "
+            f"pip uninstall -y {others} onnxruntime-gpu && pip install onnxruntime-gpu"
+        )
     if provider not in ort.get_available_providers():
         return (
             f"{provider} is not in this onnxruntime build; needs `pip install "
-            "'kompakt[gpu]'` (onnxruntime-gpu) and a CUDA GPU"
+            "'kompakt[gpu]'` (onnxruntime-gpu, without the CPU onnxruntime) and a CUDA GPU"
         )
+    return _load_failure(ort, provider)
+
+
+def _load_failure(ort, provider: str) -> str | None:
+    """Listed is not loadable: the provider library links CUDA (and TensorRT) when it loads,
+    so load it here and report the missing library by name."""
+    import ctypes
+    import os
+
+    library = os.path.join(os.path.dirname(ort.__file__), "capi", EP_LIBRARIES[provider])
+    if not os.path.isfile(library):
+        return None  # a build that links the provider statically
+    try:
+        ctypes.CDLL(library)
+    except OSError as error:
+        return f"{provider} cannot load ({error}); install the CUDA / TensorRT libraries it links"
     return None
 
 
@@ -108,8 +155,28 @@ def tensorrt_ep_options(
     return provider
 
 
+# ops that do the arithmetic; ORT keeps shape computations on the CPU on purpose
+COMPUTE_OPS = frozenset(
+    {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "MatMulInteger", "ConvInteger"}
+)
+
+
+def placement(session) -> dict:
+    """Which provider runs which nodes (the session must record its EP graph assignment):
+    {"nodes_by_provider": {provider: count}, "cpu_compute": ["name (op)", ...]}."""
+    by_provider: dict[str, int] = {}
+    cpu_compute = []
+    for subgraph in session.get_provider_graph_assignment_info():
+        nodes = subgraph.get_nodes()
+        by_provider[subgraph.ep_name] = by_provider.get(subgraph.ep_name, 0) + len(nodes)
+        if subgraph.ep_name == "CPUExecutionProvider":
+            cpu_compute += [f"{n.name} ({n.op_type})" for n in nodes if n.op_type in COMPUTE_OPS]
+    return {"nodes_by_provider": by_provider, "cpu_compute": cpu_compute}
+
+
 class _OrtGpuBackend(Backend):
     provider = ""
+    runner = ""  # the runtime runner whose provider list the check must use
     needs = "pip install 'kompakt[gpu]' (onnxruntime-gpu) and a CUDA GPU"
 
     def unavailable_reason(self) -> str | None:
@@ -122,48 +189,77 @@ class _OrtGpuBackend(Backend):
         import onnx
         import onnxruntime as ort
 
+        from kompakt.runtime.backends import RUNNERS
+
         provider_options = self.provider_options(model, precision, options)
         (bundle / "trt_cache").mkdir(exist_ok=True)
-        resolved = {
-            k: str(bundle / v) if k.endswith("cache_path") else v
-            for k, v in provider_options.items()
-        }
+        manifest = {"backend_options": {"provider_options": provider_options}}
+        # the runtime's own provider list (TensorRT EP: TRT, CUDA, CPU), so the placement
+        # recorded here is the placement the app gets
+        providers = RUNNERS.get(self.runner).provider_list(bundle / model.name, manifest)
         session_options = ort.SessionOptions()
         session_options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-        session = ort.InferenceSession(
-            str(model),
-            session_options,
-            providers=[(self.provider, resolved), "CPUExecutionProvider"],
-        )
+        session = ort.InferenceSession(str(model), session_options, providers=providers)
         active = session.get_providers()
         if active[0] != self.provider:
             raise ConfigError(
                 f"{self.provider} did not activate (ONNX Runtime fell back to {active})"
             )
-        placement = {}
-        for subgraph in session.get_provider_graph_assignment_info():
-            placement[subgraph.ep_name] = placement.get(subgraph.ep_name, 0) + len(
-                subgraph.get_nodes()
+        if not hasattr(session, "get_provider_graph_assignment_info"):
+            raise ConfigError(
+                f"onnxruntime {ort.__version__} cannot report node placement; kompakt needs "
+                "onnxruntime-gpu >= 1.23 to prove the GPU runs the model"
+            )
+        where = placement(session)
+        if where["cpu_compute"]:
+            raise ConfigError(
+                f"{len(where['cpu_compute'])} compute nodes would run on the CPU under "
+                f"{self.provider} ({', '.join(where['cpu_compute'][:5])}); lint the graph "
+                "(kompakt lint-trt) or deploy to onnxruntime for a CPU target"
             )
         total = len(onnx.load(str(model), load_external_data=False).graph.node)
         return Artefact(
             model.name,
             backend_options={"provider_options": provider_options},
-            info={"nodes_by_provider": placement, "nodes_total": total},
+            info={
+                "nodes_by_provider": where["nodes_by_provider"],
+                "nodes_total": total,
+                "onnxruntime": ort.__version__,
+                "tensorrt": _tensorrt_version(),
+            },
         )
+
+
+def _tensorrt_version() -> str | None:
+    from importlib import metadata
+
+    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-libs"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 @BACKENDS.register("onnxruntime-cuda", help="ONNX Runtime CUDA execution provider")
 class OnnxRuntimeCudaBackend(_OrtGpuBackend):
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="gpu")
+    runner = "onnxruntime-cuda"
+    # fp16 runs an FP16 graph (the CUDA EP computes in the graph's types); INT8 is refused: the
+    # CUDA EP runs a Q/DQ graph in float plus the Q/DQ work
+    capabilities = Capabilities(precisions=("fp32", "fp16"), device="gpu", fp16_graph=True)
+    precision_notes: ClassVar[dict[str, str]] = {
+        "int8": "the CUDA execution provider runs Q/DQ graphs in float (slower, not INT8); "
+        "deploy INT8 to onnxruntime-tensorrt or tensorrt"
+    }
 
 
 @BACKENDS.register("onnxruntime-tensorrt", help="ONNX Runtime TensorRT execution provider")
 class OnnxRuntimeTensorrtBackend(_OrtGpuBackend):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
+    runner = "onnxruntime-tensorrt"
     capabilities = Capabilities(
         precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True, int8_float_bias=True
     )

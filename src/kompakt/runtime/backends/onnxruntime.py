@@ -75,7 +75,7 @@ class OnnxRuntimeRunner:
         if threads:
             options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = self.provider_list(path, manifest)
+        providers = type(self).provider_list(path, manifest)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         active = self.session.get_providers()
@@ -86,7 +86,8 @@ class OnnxRuntimeRunner:
             )
         self.input_name = self.session.get_inputs()[0].name
 
-    def provider_list(self, path: Path, manifest: dict) -> list:
+    @classmethod
+    def provider_list(cls, path: Path, manifest: dict) -> list:
         return ["CPUExecutionProvider"]
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -100,7 +101,8 @@ class OnnxRuntimeRunner:
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     extra = "gpu"
 
-    def provider_list(self, path: Path, manifest: dict) -> list:
+    @classmethod
+    def provider_list(cls, path: Path, manifest: dict) -> list:
         options = manifest.get("backend_options", {}).get("provider_options", {})
         options = _checked(options, CUDA_EP_OPTIONS, "CUDA execution provider")
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
@@ -110,7 +112,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
 class OnnxRuntimeTensorrtRunner(OnnxRuntimeRunner):
     extra = "gpu"
 
-    def provider_list(self, path: Path, manifest: dict) -> list:
+    @classmethod
+    def provider_list(cls, path: Path, manifest: dict) -> list:
         options = manifest.get("backend_options", {}).get("provider_options", {})
         options = _checked(options, TRT_EP_OPTIONS, "TensorRT execution provider")
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
