@@ -7,13 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:?usage: install.sh PYTHON [EXTRAS]}
 EXTRAS=${2:-}
+# exactly one ONNX Runtime wheel: the CPU one unless the GPU extra brings onnxruntime-gpu
+case ",$EXTRAS," in
+  *,gpu,*) ;;
+  *) EXTRAS="${EXTRAS:+$EXTRAS,}cpu" ;;
+esac
 TORCH_SPEC=${KOMPAKT_TORCH:-torch==2.13.0}
 "$PY" -m pip install --quiet --upgrade pip
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
-if [ -n "$EXTRAS" ]; then
-  "$PY" -m pip install --quiet ${KOMPAKT_EDITABLE:+-e} ".[$EXTRAS]"
-else
-  "$PY" -m pip install --quiet ${KOMPAKT_EDITABLE:+-e} .
+"$PY" -m pip install --quiet ${KOMPAKT_EDITABLE:+-e} ".[$EXTRAS]"
+wheels=$("$PY" -m pip list --format=freeze 2>/dev/null | grep -ciE '^onnxruntime(-gpu)?==' || true)
+if [ "$wheels" -gt 1 ]; then
+  echo "install.sh: onnxruntime and onnxruntime-gpu are both installed; keep one" >&2
+  exit 1
 fi

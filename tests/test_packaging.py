@@ -33,3 +33,21 @@ def test_docker_images_and_ci_share_one_install_script():
 def test_example_pipeline_configs_are_valid():
     for path in sorted((ROOT / "examples").glob("*.toml")):
         assert load_config(path)["models"], path
+
+
+def test_one_onnxruntime_wheel_per_install_and_a_pinned_tensorrt():
+    """ONNX Runtime's docs allow one of onnxruntime / onnxruntime-gpu installed: the core never
+    requires either, `gpu` brings only the GPU wheel, TensorRT is the major ORT's EP links."""
+    project = parse_toml((ROOT / "pyproject.toml").read_text(), "pyproject.toml")["project"]
+    core = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "onnxruntime" not in core
+    assert any(d.startswith("onnxruntime>=") for d in extras["cpu"])
+    assert not any(d.startswith("onnxruntime>=") for d in extras["gpu"])
+    assert "tensorrt>=10.1,<11" in extras["gpu"]
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    assert "*,gpu,*)" in install and "cpu" in install  # the CPU wheel only without gpu
+    gpu = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert "python3 -m venv" in gpu and "test" in gpu  # PEP 668 base; pytest for the smoke
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "runs", ".git"} <= set(ignored)

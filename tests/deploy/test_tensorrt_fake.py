@@ -268,3 +268,27 @@ def test_a_failing_execute_is_one_line_naming_the_call(
         engine.run(_x(1))
     manifest = json.loads((tmp_path / "b" / "kompakt.json").read_text())
     assert manifest["backend_info"]["gpu"] == "kompakt fake GPU"
+
+
+def test_bench_gpu_fields_device_memory_and_synchronised_timing(
+    fake_tensorrt, lenet_onnx, tmp_path
+):
+    """The worker's GPU measurement lines, in-process (a bench worker is a fresh process
+    without the fake); the report labels the figures as not measured on a GPU."""
+    from kompakt.runtime_bench.bench import gpu_summary, merge_gpu
+    from kompakt.runtime_bench.report import gpu_lines
+    from kompakt.runtime_bench.worker import measure
+
+    build_bundle(lenet_onnx, tmp_path / "b", DeployConfig(backend="tensorrt"))
+    result = measure(str(tmp_path / "b"), [1, 8], 0.0, 3, 0.0, None)
+    gpu = result["gpu"]
+    assert gpu["device"] == "kompakt fake GPU" and gpu["sdk_version"] == "10.8.0.43"
+    assert gpu["engine_device_memory_bytes"] > 0 and gpu["io_buffers_bytes"] > 0
+    assert gpu["process_device_memory_delta_bytes"] >= gpu["io_buffers_bytes"]
+    assert sorted(gpu["timing"]["device_only_s"]) == ["1", "8"]
+    assert gpu["timing"]["end_to_end_includes_host_device_copies"] is True
+    summary = gpu_summary(merge_gpu(None, gpu))
+    assert summary["measured_on_gpu"] is False  # no nvidia-smi GPU here
+    assert summary["timing"]["device_only"]["8"]["runs"] == 3
+    text = "\n".join(gpu_lines([{"name": "trt", "gpu": summary}]))
+    assert "GPU: not measured (stand-in)" in text and "kompakt fake GPU" not in text

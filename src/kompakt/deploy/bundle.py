@@ -38,7 +38,7 @@ from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.options import opt
 from kompakt.runtime import golden
-from kompakt.runtime.backends import RUNNERS, BackendUnavailable
+from kompakt.runtime.backends import RUNNERS, BackendUnavailable, require
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
 from kompakt.runtime.preprocessing import Preprocessing
@@ -265,7 +265,7 @@ def build_bundle(
 
 
 def _build_into(tmp, backend, config, options, data, source, meta, inputs, outputs) -> dict:
-    import onnxruntime as ort
+    ort = require("onnxruntime", "cpu", "the reference run of kompakt deploy")
 
     precision = config.precision
     graph = tmp / "model.onnx"

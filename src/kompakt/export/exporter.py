@@ -537,8 +537,9 @@ def _check(
     config: ExportConfig,
     report: ExportReport,
 ) -> list[str]:
-    import onnxruntime as ort
+    from kompakt.runtime.backends.base import require
 
+    ort = require("onnxruntime", "cpu", "checking the export against PyTorch")
     failures = []
     try:
         onnx.checker.check_model(onnx_model, full_check=True)

@@ -100,6 +100,11 @@ class Engine:
                 "bundle with kompakt deploy"
             ) from None
 
+    @property
+    def runner(self):
+        """The backend runner (measurement tools read device memory and timing from it)."""
+        return self._runner
+
     # -- inference ----------------------------------------------------------------------------
 
     def _validate(self, x: np.ndarray) -> None:

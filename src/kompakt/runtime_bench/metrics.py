@@ -33,6 +33,7 @@ class BundleResult:
     accuracy: dict | None = None
     parity: dict | None = None
     golden: dict | None = None  # the bundle's golden samples re-run before timing
+    gpu: dict | None = None  # device memory and synchronised GPU timing (GPU runners only)
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, float | None] = field(default_factory=dict)
     vs_baseline: dict[str, float] = field(default_factory=dict)

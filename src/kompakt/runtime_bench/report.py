@@ -91,11 +91,43 @@ def render_markdown(results: dict) -> str:
             f"{r['p99_ms']:.3f} | {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | "
             f"{r['throughput_per_s']:.0f} | {_fmt(r['speedup_vs_first'], 2)}x |"
         )
+    lines += gpu_lines(results["bundles"])
     warnings = [f"- {b['name']}: {w}" for b in results["bundles"] for w in b["warnings"]]
     if warnings:
         lines += ["", "## Warnings", "", *warnings]
     lines += ["", "Plots: latency_vs_batch.png, pareto.png. Source of truth: results.json.", ""]
     return "\n".join(lines)
+
+
+def gpu_lines(bundles: list[dict]) -> list[str]:
+    """The GPU table: device memory and the engine-only latency next to end-to-end. Figures
+    not produced by a real GPU are labelled, never shown as measurements."""
+    rows = [b for b in bundles if b.get("gpu")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## GPU",
+        "",
+        "End-to-end latency above includes the host<->device copies; 'engine only' has the "
+        "inputs already on the device. Every call waits for the CUDA stream.",
+        "",
+        "| bundle | device | engine device memory MiB | process device memory delta MiB | "
+        "engine-only p50 ms by batch |",
+        "|---|---|---|---|---|",
+    ]
+    for b in rows:
+        gpu = b["gpu"]
+        mib = lambda v: "–" if v is None else f"{v / 2**20:.1f}"  # noqa: E731
+        engine_only = ", ".join(
+            f"b{k} {v['p50_ms']:.3f}" for k, v in gpu["timing"]["device_only"].items()
+        )
+        device = gpu["device"] if gpu.get("measured_on_gpu") else "GPU: not measured (stand-in)"
+        lines.append(
+            f"| {b['name']} | {device} | {mib(gpu.get('engine_device_memory_bytes'))} | "
+            f"{mib(gpu.get('process_device_memory_delta_bytes'))} | {engine_only or '–'} |"
+        )
+    return lines
 
 
 def write_csv(results: dict, path: Path) -> None:

@@ -36,6 +36,73 @@ def _peak_kib() -> int | None:
     return peak
 
 
+def _cudart():
+    """cuda-python's runtime module when importable (GPU backends), else None."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _device_used(cuda) -> int | None:
+    error, free, total = cuda.cudaMemGetInfo()
+    return None if int(error) else int(total - free)
+
+
+class GpuProbe:
+    """Device memory and synchronised GPU timing, for runners that expose them (TensorRT):
+    the engine's own activation memory, the I/O buffers held, the process's device-memory
+    growth from before the engine was loaded (cudaMemGetInfo, sampled after every batch), and
+    per batch the time of the engine alone (inputs already on the device, the stream
+    synchronised) next to the end-to-end time that includes the host<->device copies."""
+
+    def __init__(self) -> None:
+        self.cuda = _cudart()
+        self.before = _device_used(self.cuda) if self.cuda else None
+        self.peak = self.before
+        self.device_only: dict[str, list[float]] = {}
+
+    def sample(self) -> None:
+        if self.cuda and self.before is not None:
+            used = _device_used(self.cuda)
+            self.peak = max(self.peak or 0, used or 0)
+
+    def time_device_only(self, runner, x, runs: int) -> None:
+        if not hasattr(runner, "run_all"):
+            return
+        runner.run_all(x)  # buffers sized for this batch, inputs on the device
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            runner.run_all(x, copies=False)  # returns after the stream is synchronised
+            times.append(time.perf_counter() - t0)
+        self.device_only[str(len(x))] = times
+
+    def result(self, runner) -> dict | None:
+        if not hasattr(runner, "device_memory") or self.cuda is None:
+            return None
+        cuda = self.cuda
+        props = cuda.cudaGetDeviceProperties(getattr(runner, "device", 0))[1]
+        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        return {
+            "device": name.rstrip("\x00"),
+            "driver_version": int(cuda.cudaDriverGetVersion()[1]),
+            "runtime_version": int(cuda.cudaRuntimeGetVersion()[1]),
+            "sdk_version": getattr(getattr(runner, "trt", None), "__version__", None),
+            **runner.device_memory(),
+            "process_device_memory_delta_bytes": (
+                None if self.before is None else int(self.peak - self.before)
+            ),
+            "timing": {
+                "end_to_end_includes_host_device_copies": True,
+                "synchronised": "the CUDA stream, after every call",
+                "device_only_s": self.device_only,
+            },
+        }
+
+
 def measure(
     bundle: str,
     batches: list[int],
@@ -54,6 +121,7 @@ def measure(
     if sdk:  # imported before the baseline: the SDK is not the model's memory
         importlib.import_module(sdk)
     baseline = _status_kib("VmRSS")
+    probe = GpuProbe()
     start = time.perf_counter()
     engine = load(bundle, threads=threads)
     create_s = time.perf_counter() - start
@@ -76,6 +144,9 @@ def measure(
             engine.run(x)
             times.append(time.perf_counter() - t0)
         results[str(batch)] = times
+        probe.time_device_only(engine.runner, x, min_runs)
+        probe.sample()
+    gpu = probe.result(engine.runner)
     engine.close()
     return {
         "baseline_rss_kib": baseline,
@@ -84,6 +155,7 @@ def measure(
         "first_inference_s": first_s,
         "times": results,
         "threads": threads,
+        "gpu": gpu,
     }
 
 
