@@ -51,3 +51,25 @@ def test_one_onnxruntime_wheel_per_install_and_a_pinned_tensorrt():
     assert "python3 -m venv" in gpu and "test" in gpu  # PEP 668 base; pytest for the smoke
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", ".git"} <= set(ignored)
+
+
+def test_gpu_smoke_fails_its_preflight_cleanly_without_a_gpu(tmp_path):
+    """Here there is no GPU: the smoke script must say so in its table (exit 1), run nothing
+    else, and never report a GPU result."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_smoke.sh"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    rows = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    if rows[0]["status"] == "PASS":  # a real GPU machine: the smoke is its own test there
+        return
+    assert run.returncode == 1 and rows[0]["step"] == "preflight" and rows[0]["status"] == "FAIL"
+    assert {r["status"] for r in rows[1:]} == {"NOT RUN"} and "FAIL     preflight" in run.stdout
