@@ -44,6 +44,8 @@ def cheap(command: str) -> str:
     command = re.sub(r"--finetune-epochs \d+", "--finetune-epochs 1", command)
     if command.startswith("kompakt bench") and "--compare" not in command:
         command += " --warmup-s 0.05 --duration-s 0.2 --min-runs 5 --rounds 1 --quiet"
+        if "--scenario server" in command:
+            command += " --search-steps 2"
     return re.sub(r"(^|; )kompakt ", lambda m: f"{m.group(1)}{KOMPAKT} ", command)
 
 
@@ -63,6 +65,7 @@ def test_the_tour_has_every_command_the_readme_promises():
         "predict",
         "bench",
         "data",
+        "list",
     ):
         assert verb in verbs, verb
 
@@ -76,3 +79,4 @@ def test_the_readme_tour_runs_verbatim_in_order(tmp_path):
         assert proc.returncode == 0, f"$ {command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr, f"$ {command}\n{proc.stderr[-2000:]}"
     assert (tmp_path / "runs" / "report" / "report.md").is_file()
+    assert (tmp_path / "runs" / "server" / "server_qps_p99.png").is_file()

@@ -97,6 +97,8 @@ def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             continue
         if meta.get("parse") is not None:
             kwargs["type"] = str
+            if isinstance(default, tuple | list):  # shown and parsed as "1,8,32"
+                default = ",".join(str(v) for v in default)
             kwargs["default"] = None if default is None else str(default)
         elif typing.get_origin(kind) is Literal:
             kwargs["type"] = click.Choice([str(v) for v in typing.get_args(kind)])

@@ -66,6 +66,7 @@ class Engine:
         threads: int | None = None,
         reject_nan: bool = False,
         trusted_keys: list[str] | None = None,
+        tuning: dict | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         if self.bundle.is_symlink():
@@ -73,12 +74,12 @@ class Engine:
         self._pin = PinnedDirectory(self.bundle)
         self.root = self._pin.path  # every file is read through here (see PinnedDirectory)
         try:
-            self._open(backend, threads, reject_nan, trusted_keys)
+            self._open(backend, threads, reject_nan, trusted_keys, tuning or {})
         except BaseException:
             self._pin.close()
             raise
 
-    def _open(self, backend, threads, reject_nan, trusted_keys) -> None:
+    def _open(self, backend, threads, reject_nan, trusted_keys, tuning) -> None:
         self.manifest = read_manifest(self.root, trusted_keys=trusted_keys, pinned=True)
         self.backend = backend or self.manifest["backend"]
         self.inputs = [_spec(e) for e in self.manifest["inputs"]]
@@ -89,8 +90,16 @@ class Engine:
         entry = self.manifest["files"][self.manifest["artifact"]]  # read_manifest checked it
         check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
+        tuning = {k: v for k, v in tuning.items() if v is not None}
+        unsupported = sorted(set(tuning) - set(getattr(runner, "tuning", ())))
+        if unsupported:
+            raise ConfigError(
+                f"the {self.backend} runtime has no {', '.join(unsupported)} setting; drop it "
+                f"(it supports: {', '.join(getattr(runner, 'tuning', ())) or 'threads only'})"
+            )
         try:
-            self._runner = runner(confined(self.root, entry["path"]), self.manifest, threads)
+            path = confined(self.root, entry["path"])
+            self._runner = runner(path, self.manifest, threads, **tuning)
         except KompaktError:
             raise
         except Exception as error:  # the SDK's own message, on one line, naming the file
@@ -252,6 +261,7 @@ def load(
     reject_nan: bool = False,
     verify: bool = False,
     trusted_keys: list[str] | None = None,
+    tuning: dict | None = None,
 ) -> Engine:
     """Load a bundle directory (hashes verified first) and return its Engine.
 
@@ -260,8 +270,10 @@ def load(
             here drift from the build's beyond the recorded tolerance.
         trusted_keys: Ed25519 public keys (base64 or key files); when given (or set in
             $KOMPAKT_TRUSTED_KEYS) the bundle must carry a valid signature by one of them.
+        tuning: runtime settings beyond threads, e.g. {"spin": False, "inter_op_threads": 1}
+            (a runner declares the ones it has; others are refused, never ignored).
     """
-    engine = Engine(bundle, backend, threads, reject_nan, trusted_keys)
+    engine = Engine(bundle, backend, threads, reject_nan, trusted_keys, tuning)
     if verify:
         result = engine.verify()
         if not result["ok"]:

@@ -12,11 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from kompakt.progress import progress
 from kompakt.runtime import golden, load
 from kompakt.runtime.backends import plugin_modules
 from kompakt.runtime.manifest import check_schema, read_manifest
+from kompakt.runtime_bench.loadgen import SCENARIOS
 from kompakt.runtime_bench.metrics import METRICS, BundleResult, measure_all, measured
 
 CV_WARNING = 0.10
@@ -45,6 +48,51 @@ def parse_batches(text: str | tuple | list) -> tuple[int, ...]:
     return batches
 
 
+def parse_cpus(text: str | None) -> list[int] | None:
+    """'0,1' -> [0, 1], checked against the CPUs this process may use."""
+    if text is None or text == "":
+        return None
+    try:
+        cpus = sorted({int(c) for c in str(text).split(",") if c.strip()})
+    except ValueError:
+        raise ConfigError(f"--cpus takes CPU numbers like 0,1, got {text!r}") from None
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed is not None and not set(cpus) <= set(allowed):
+        raise ConfigError(f"--cpus {text}: this process may only use CPUs {allowed}")
+    return cpus
+
+
+def machine_load(loops: int = 60) -> dict:
+    """How loaded the machine is right now: the 1-minute load average against the cores, and
+    the coefficient of variation of a fixed compute loop (a quiet machine repeats it within a
+    few percent). Measured before timing, recorded with the results."""
+    a = np.random.default_rng(0).standard_normal((192, 192)).astype(np.float32)
+    times = []
+    for _ in range(loops):
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    times_arr = np.asarray(times[loops // 6 :])  # the first calls warm caches
+    cores = os.cpu_count() or 1
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "load_average_1min": None if load1 is None else round(load1, 2),
+        "cores": cores,
+        "calibration_cv": round(float(times_arr.std() / times_arr.mean()), 3),
+    }
+
+
+def load_warning(load: dict) -> str | None:
+    busy = load["load_average_1min"] is not None and load["load_average_1min"] > 0.5 * load["cores"]
+    if not busy and load["calibration_cv"] <= CV_WARNING:
+        return None
+    return (
+        f"the machine is loaded (load average {load['load_average_1min']} on {load['cores']} "
+        f"cores, calibration loop CV {load['calibration_cv']:.0%}): latencies will be noisy; "
+        "measure on an idle machine or pin with --cpus"
+    )
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """The options of `kompakt bench`; field names are the CLI option and TOML key names."""
@@ -56,6 +104,24 @@ class BenchConfig:
     min_runs: int = opt(50, "Timed runs per batch at least (split over the rounds).")
     duration_s: float = opt(3.0, "Timed seconds per batch (split over the rounds).")
     threads: int | None = opt(None, "Intra-op threads of every engine.")
+    inter_op_threads: int | None = opt(
+        None, "Inter-op threads (ONNX Runtime's parallel executor); default: sequential."
+    )
+    spin: bool = opt(False, "Let ONNX Runtime's thread pools spin (faster, burns idle cores).")
+    cpus: str | None = opt(None, "CPUs to pin every worker process to, e.g. 0,1 (Linux).")
+    scenario: Literal["single-stream", "multi-stream", "offline", "server"] | None = opt(
+        None,
+        "An MLPerf LoadGen scenario instead of the default timing (needs kompakt[bench]); "
+        "--duration-s and --min-runs become LoadGen's minimum duration and query count.",
+    )
+    target_latency_ms: float = opt(10.0, "Server scenario: the p99 latency bound (ms).")
+    target_qps: float | None = opt(
+        None, "Server scenario: the QPS the search starts from (default: from a short timing)."
+    )
+    search_steps: int = opt(6, "Server scenario: LoadGen runs per bundle in the QPS search.")
+    loadgen_settings: str | None = opt(
+        None, "LoadGen user.conf applied as is, after kompakt's settings (experts)."
+    )
     data: str | None = opt(None, "Dataset for accuracy through the engine.")
     split: str = opt("test", "Split of --data.")
     data_root: str | None = opt(None, "Directory for file-based datasets.")
@@ -68,6 +134,11 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batches", parse_batches(self.batches))
+        parse_cpus(self.cpus)
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise ConfigError(f"scenario must be one of {sorted(SCENARIOS)}, got {self.scenario!r}")
+        if self.target_latency_ms <= 0 or self.search_steps < 1:
+            raise ConfigError("target_latency_ms must be > 0 and search_steps >= 1")
         if self.rounds < 1 or self.min_runs < 1:
             raise ConfigError("rounds and min_runs must be >= 1")
         if self.warmup_s < 0 or self.duration_s <= 0:
@@ -109,7 +180,13 @@ def latency_stats(times_s: list[float], batch: int) -> dict:
 
 
 def _worker(
-    bundle: Path, batch: int, warmup_s: float, min_runs: int, duration_s: float, threads: int | None
+    bundle: Path,
+    batch: int,
+    warmup_s: float,
+    min_runs: int,
+    duration_s: float,
+    threads: int | None,
+    placement: dict | None = None,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -127,6 +204,7 @@ def _worker(
     ]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += placement_args(placement or {})
     for module in plugin_modules():  # backends registered outside kompakt
         cmd += ["--plugin", module]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -166,6 +244,101 @@ def gpu_summary(gpu: dict | None) -> dict | None:
     raw = timing.pop("device_only_s")
     timing["device_only"] = {b: latency_stats(t, int(b)) for b, t in raw.items() if t}
     return {**gpu, "timing": timing, "measured_on_gpu": bool(describe_machine(())["gpu"])}
+
+
+def _loadgen_all(paths, names, run, rounds, steps, raw, report, threads, placement, quiet):
+    """Every bundle through one LoadGen scenario, interleaved: bundle A's run, B's, A's...
+    (the server search takes one step per bundle in turn). Logs under report/loadgen/."""
+    import tempfile
+
+    from kompakt.runtime import load
+    from kompakt.runtime_bench import loadgen
+
+    scratch = Path(tempfile.mkdtemp(prefix="kompakt-loadgen-"))
+    logs = Path(report) / "loadgen" if report else scratch / "logs"
+    inputs = []
+    for i, path in enumerate(paths):  # samples through each bundle's own preprocessing
+        with load(path) as engine:
+            if raw is not None:
+                x = _inputs(engine, raw[:256])
+            else:
+                shape = [d if isinstance(d, int) else 1 for d in engine.inputs[0].shape]
+                rng = np.random.default_rng(0)
+                x = rng.standard_normal([256, *shape[1:]]).astype(np.float32)
+        inputs.append(scratch / f"samples-{i}.npy")
+        np.save(inputs[-1], np.ascontiguousarray(x, np.float32))
+
+    def one(i: int, settings, tag: str) -> dict:
+        cmd = [
+            sys.executable,
+            "-m",
+            "kompakt.runtime_bench.loadgen",
+            str(paths[i]),
+            "--run",
+            json.dumps(dataclasses.asdict(settings)),
+            "--samples",
+            str(inputs[i]),
+            "--out",
+            str(logs / names[i] / tag),
+        ]
+        cmd += ["--threads", str(threads)] if threads else []
+        cmd += placement_args(placement)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise KompaktError(f"LoadGen {settings.scenario} run failed on {paths[i]}: {last}")
+        return json.loads(proc.stdout)
+
+    out: dict[int, dict] = {}
+    try:
+        if run.scenario != "server":
+            runs: dict[int, list[dict]] = {i: [] for i in range(len(paths))}
+            for r in progress(range(rounds), desc=f"loadgen {run.scenario}", quiet=quiet):
+                for i in range(len(paths)):
+                    runs[i].append(one(i, run, f"round{r + 1}"))
+            for i, rows in runs.items():
+                values = [row["value"] for row in rows if row["value"] is not None]
+                best = dict(rows[-1])
+                best["value"] = float(np.median(values)) if values else None
+                out[i] = {
+                    **best,
+                    "runs": rows,
+                    "logs": None if not report else str(logs / names[i]),
+                }
+            return out
+        searches = [loadgen.ServerSearch(run.target_qps, steps) for _ in paths]
+        for step in progress(range(steps), desc="loadgen server search", quiet=quiet):
+            for i, search in enumerate(searches):
+                settings = dataclasses.replace(run, target_qps=search.next)
+                search.record(one(i, settings, f"trial{step + 1}"))
+        for i, search in enumerate(searches):
+            best = search.best()
+            summary = dict(best or search.trials[0])
+            summary.update(
+                value=best["target_qps"] if best else None,
+                p99_ms=best["p99_ms"] if best else None,
+                trials=search.trials,
+                logs=None if not report else str(logs / names[i]),
+            )
+            out[i] = summary
+        return out
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def placement_args(placement: dict) -> list[str]:
+    """Worker arguments for inter-op threads, spinning and CPU pinning."""
+    args = []
+    if placement.get("inter_op_threads"):
+        args += ["--inter-op-threads", str(placement["inter_op_threads"])]
+    if placement.get("spin"):
+        args.append("--spin")
+    if placement.get("cpus"):
+        args += ["--cpus", ",".join(str(c) for c in placement["cpus"])]
+    return args
 
 
 def _dataset(name: str, split: str, root: str | None):
@@ -233,6 +406,14 @@ def run(
     report: str | Path | None = None,
     quiet: bool = False,
     checkpoints: dict[str, str] | None = None,
+    inter_op_threads: int | None = None,
+    spin: bool = False,
+    cpus: str | None = None,
+    scenario: str | None = None,
+    target_latency_ms: float = 10.0,
+    target_qps: float | None = None,
+    search_steps: int = 6,
+    loadgen_settings: str | None = None,
 ) -> dict:
     """Measure bundles side by side and return the results (also written under `report`)."""
     if not bundles:
@@ -243,11 +424,30 @@ def run(
     manifests = [read_manifest(p) for p in paths]  # verifies every hash before measuring
     goldens = [_verify(p, threads) for p in paths]  # the numbers are right here, or we say so
     names = _unique_names(paths)
+    placement = {"inter_op_threads": inter_op_threads, "spin": spin, "cpus": parse_cpus(cpus)}
+    load_before = machine_load()
+    noisy = load_warning(load_before)
+    if noisy:
+        warnings.warn(noisy, stacklevel=2)
     samples: dict[tuple[int, int], list[float]] = {}
     per_bundle: list[dict] = [
         {"create_s": [], "first_s": [], "peak": [], "baseline": []} for _ in paths
     ]
+    scenarios: dict[int, dict] = {}
+    if scenario:  # LoadGen drives the engines instead of the timing loop below
+        from kompakt.runtime_bench import loadgen
+
+        loadgen.require_loadgen()
+        data_split = _dataset(data, split, data_root)[0] if data else None
+        run = loadgen.RunSettings(
+            scenario, duration_s, min_runs, target_latency_ms, target_qps, loadgen_settings
+        )
+        scenarios = _loadgen_all(
+            paths, names, run, rounds, search_steps, data_split, report, threads, placement, quiet
+        )
     jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
+    if scenario:
+        jobs = []
     bar = progress(jobs, desc="bench", quiet=quiet)
     for _, batch, i in bar:
         max_batch = manifests[i].get("max_batch")
@@ -260,6 +460,7 @@ def run(
             max(1, min_runs // rounds),
             duration_s / rounds,
             threads,
+            placement,
         )
         samples.setdefault((i, batch), []).extend(result["times"][str(batch)])
         record = per_bundle[i]
@@ -293,6 +494,7 @@ def run(
         )
         entry.golden = goldens[i]
         entry.gpu = gpu_summary(record.get("gpu"))
+        entry.scenario = scenarios.get(i)
         if entry.golden and not entry.golden["ok"]:
             entry.warnings.append(f"golden samples drifted: {golden.describe(entry.golden)}")
         max_batch = manifest.get("max_batch")
@@ -335,7 +537,10 @@ def run(
             "threads": threads,
             "rounds": rounds,
             "order": "interleaved per round and batch (A B A B ...)",
-            "ort_spinning": False,
+            "ort_spinning": spin,
+            "inter_op_threads": inter_op_threads,
+            "cpus": placement["cpus"],
+            "machine_load": load_before,
             "data": data,
             "split": split,
         },

@@ -34,6 +34,7 @@ class BundleResult:
     parity: dict | None = None
     golden: dict | None = None  # the bundle's golden samples re-run before timing
     gpu: dict | None = None  # device memory and synchronised GPU timing (GPU runners only)
+    scenario: dict | None = None  # an MLPerf LoadGen scenario's result (bench --scenario)
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, float | None] = field(default_factory=dict)
     vs_baseline: dict[str, float] = field(default_factory=dict)
@@ -130,6 +131,38 @@ register(
 )
 register(
     Metric("rss_delta_mib", "RSS over runtime", "MiB", "lower", lambda r: r.rss_delta_mib, ".1f")
+)
+
+
+def _scenario(better: str) -> Callable[[BundleResult], float | None]:
+    def read(result: BundleResult) -> float | None:
+        run = result.scenario or {}
+        return run.get("value") if run.get("better") == better else None
+
+    return read
+
+
+register(
+    Metric(
+        "loadgen_latency_ms",
+        "LoadGen latency (p90 single / p99 multi-stream)",
+        "ms",
+        "lower",
+        _scenario("lower"),
+        ".3f",
+        regression=0.10,
+    )
+)
+register(
+    Metric(
+        "loadgen_throughput",
+        "LoadGen samples/s (offline) or QPS at the bound (server)",
+        "/s",
+        "higher",
+        _scenario("higher"),
+        ".1f",
+        regression=0.10,
+    )
 )
 register(Metric("create_s", "create", "s", "lower", lambda r: r.create_s, ".3f"))
 register(

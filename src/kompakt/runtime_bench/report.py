@@ -92,11 +92,53 @@ def render_markdown(results: dict) -> str:
             f"{r['throughput_per_s']:.0f} | {_fmt(r['speedup_vs_first'], 2)}x |"
         )
     lines += gpu_lines(results["bundles"])
+    lines += loadgen_lines(results["bundles"])
     warnings = [f"- {b['name']}: {w}" for b in results["bundles"] for w in b["warnings"]]
     if warnings:
         lines += ["", "## Warnings", "", *warnings]
-    lines += ["", "Plots: latency_vs_batch.png, pareto.png. Source of truth: results.json.", ""]
+    lines += ["", "Source of truth: results.json (plots beside it).", ""]
     return "\n".join(lines)
+
+
+def loadgen_lines(bundles: list[dict]) -> list[str]:
+    """MLPerf LoadGen results: the scenario's metric, LoadGen's verdict, the latencies; for the
+    server scenario every QPS trial of the search."""
+    rows = [b for b in bundles if b.get("scenario")]
+    if not rows:
+        return []
+    first = rows[0]["scenario"]
+    lines = [
+        "",
+        f"## MLPerf LoadGen: {first['scenario']} (LoadGen {first.get('loadgen_version')})",
+        "",
+        "LoadGen's minimum duration / query count were lowered to the settings below; a short "
+        "run can be INVALID for LoadGen's early-stopping rule while its latency bound holds.",
+        "",
+        "| bundle | metric | value | LoadGen verdict | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in rows:
+        run = b["scenario"]
+        lines.append(
+            f"| {b['name']} | {run['metric']} | {_fmt(run['value'], 3)} | {run.get('validity')} | "
+            f"{_fmt(run.get('p50_ms'))} | {_fmt(run.get('p90_ms'))} | {_fmt(run.get('p99_ms'))} |"
+        )
+    trials = [(b["name"], t) for b in rows for t in b["scenario"].get("trials", [])]
+    if trials:
+        bound = first["settings"].get("target_latency_ms")
+        lines += [
+            "",
+            f"Server QPS search (p99 bound {bound} ms): every LoadGen run",
+            "",
+            "| bundle | target QPS | achieved samples/s | p99 ms | bound met | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, t in trials:
+            lines.append(
+                f"| {name} | {t['target_qps']:.1f} | {_fmt(t.get('samples_per_s'), 1)} | "
+                f"{_fmt(t.get('p99_ms'))} | {t.get('latency_bound_met')} | {t.get('validity')} |"
+            )
+    return lines
 
 
 def gpu_lines(bundles: list[dict]) -> list[str]:
@@ -148,6 +190,14 @@ def plot(results: dict, folder: Path) -> list[str]:
     except ImportError:
         return []
     written = []
+    if any(b.get("scenario", {}) and b["scenario"].get("trials") for b in results["bundles"]):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        server_plot(ax, results["bundles"])
+        fig.savefig(folder / "server_qps_p99.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append("server_qps_p99.png")
+    if not any(b["latency"] for b in results["bundles"]):
+        return written  # a LoadGen run: no batch timings to plot
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for b in results["bundles"]:
         batches = sorted(int(k) for k in b["latency"])
@@ -179,6 +229,28 @@ def plot(results: dict, folder: Path) -> list[str]:
     plt.close(fig)
     written.append("pareto.png")
     return written
+
+
+def server_plot(ax, bundles: list[dict]) -> None:
+    """p99 latency vs target QPS of every server-scenario trial, one curve per bundle."""
+    bound = None
+    for b in bundles:
+        trials = sorted((b.get("scenario") or {}).get("trials", []), key=lambda t: t["target_qps"])
+        if not trials:
+            continue
+        bound = trials[0]["settings"].get("target_latency_ms")
+        ax.plot(
+            [t["target_qps"] for t in trials],
+            [t["p99_ms"] for t in trials],
+            marker="o",
+            label=b["name"],
+        )
+    if bound:
+        ax.axhline(bound, color="grey", linestyle="--", linewidth=1, label=f"p99 bound {bound} ms")
+    ax.set(xlabel="target QPS (Poisson arrivals)", ylabel="p99 latency (ms)", yscale="log")
+    ax.set_title("Server scenario: p99 latency vs offered load")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -103,6 +103,15 @@ class GpuProbe:
         }
 
 
+def place(cpus: list[int] | None) -> list[int] | None:
+    """Pin this process to `cpus` (Linux sched_setaffinity); returns the CPUs it runs on."""
+    import os
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def measure(
     bundle: str,
     batches: list[int],
@@ -110,6 +119,7 @@ def measure(
     min_runs: int,
     duration_s: float,
     threads: int | None,
+    tuning: dict | None = None,
 ) -> dict:
     import numpy as np
 
@@ -123,7 +133,7 @@ def measure(
     baseline = _status_kib("VmRSS")
     probe = GpuProbe()
     start = time.perf_counter()
-    engine = load(bundle, threads=threads)
+    engine = load(bundle, threads=threads, tuning=tuning)
     create_s = time.perf_counter() - start
     shape = [d if isinstance(d, int) else 1 for d in engine.inputs[0].shape]
     rng = np.random.default_rng(0)
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-runs", type=int, default=50)
     parser.add_argument("--duration-s", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--inter-op-threads", type=int, default=None)
+    parser.add_argument("--spin", action="store_true", default=None)
+    parser.add_argument("--cpus", default=None, help="CPUs to pin this process to, e.g. 0,1")
     parser.add_argument(
         "--plugin",
         action="append",
@@ -177,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     for module in args.plugin:
         importlib.import_module(module)
     batches = [int(b) for b in args.batches.split(",")]
+    cpus = place([int(c) for c in args.cpus.split(",")] if args.cpus else None)
+    tuning = {"spin": args.spin, "inter_op_threads": args.inter_op_threads}
     result = measure(
-        args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s, args.threads
+        args.bundle, batches, args.warmup_s, args.min_runs, args.duration_s, args.threads, tuning
     )
+    result["cpus"] = cpus
     json.dump(result, sys.stdout)
     return 0
 

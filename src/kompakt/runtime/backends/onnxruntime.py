@@ -66,15 +66,28 @@ class OnnxRuntimeRunner:
     """ONNX Runtime with one execution provider (CPU, CUDA or TensorRT); thread-safe `run`."""
 
     sdk = "onnxruntime"
-    extra = "dev"  # onnxruntime is a core dependency; the GPU runners need the gpu extra
+    extra = "cpu"  # the CPU wheel; the GPU runners need the gpu extra
+    tuning = ("spin", "inter_op_threads")
 
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        threads: int | None,
+        spin: bool = False,
+        inter_op_threads: int | None = None,
+    ) -> None:
         ort = require("onnxruntime", self.extra, f"the {manifest['backend']} backend")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if inter_op_threads:
+            options.inter_op_num_threads = inter_op_threads
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        # spinning off by default: a spinning pool burns the cores a co-located app needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         providers = type(self).provider_list(path, manifest)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
