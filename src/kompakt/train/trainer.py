@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,11 +56,32 @@ class TrainConfig:
     init_from: str | None = opt(None, "Start from this checkpoint's model and weights.")
     optimizer: Literal["sgd", "adam"] = opt("sgd", "Optimiser.")
     lr: float | None = opt(
-        None, "Learning rate; default 0.05 (sgd; 0.001 for regression) / 1e-3 (adam)."
+        None,
+        "Learning rate (the peak, after any warm-up); default 0.05 (sgd; 0.001 for regression; "
+        "0.02 fine-tuning a compressed --init-from model) / 1e-3 (adam).",
     )
     momentum: float = opt(0.9, "SGD momentum.")
     weight_decay: float = opt(5e-4, "L2 weight decay.")
-    schedule: Literal["cosine", "step", "none"] = opt("cosine", "Learning-rate schedule.")
+    schedule: Literal["cosine", "step", "none"] = opt(
+        "cosine", "Learning-rate schedule, stepped every batch."
+    )
+    warmup_epochs: float | None = opt(
+        None,
+        "Linear learning-rate warm-up, in epochs (fractions allowed); default 0.3 when "
+        "fine-tuning a compressed --init-from model, else 0.",
+    )
+    distill: bool | None = opt(
+        None,
+        "Distil from the --init-from model (the teacher) when compressing it; default: on "
+        "with --init-from + --compress.",
+    )
+    distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction; rest: labels).")
+    distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
+    calib_samples: int = opt(
+        0,
+        "With --compress: initialise each compressed layer to match the dense layer's outputs "
+        "on this many training samples (0: weight-only TT-SVD).",
+    )
     label_smoothing: float = opt(0.0, "Label smoothing for classification.")
     augment: bool | None = opt(None, "Random crop + flip; default on for 32x32 RGB.")
     batch_size: int = opt(64, "Global batch size.")
@@ -102,6 +123,29 @@ class TrainConfig:
             )
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_alpha must be a fraction in [0, 1], distill_temperature > 0")
+        if self.distill and not (self.init_from and self.compress):
+            raise ConfigError("--distill needs a teacher: --init-from CKPT with --compress")
+        if self.calib_samples < 0:
+            raise ConfigError(f"calib_samples must be >= 0, got {self.calib_samples}")
+
+    @property
+    def fine_tuning(self) -> bool:
+        """A trained model compressed and fine-tuned (the `kompakt compress` recipe)."""
+        return bool(self.init_from and self.compress)
+
+    @property
+    def warmup(self) -> float:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return min(0.3, float(self.epochs)) if self.fine_tuning else 0.0
+
+    @property
+    def distilling(self) -> bool:
+        return self.fine_tuning if self.distill is None else bool(self.distill)
 
 
 def parse_compress(text: str) -> object:
@@ -127,6 +171,27 @@ def _loss(task: str, logits: torch.Tensor, y: torch.Tensor, smoothing: float) ->
     if task == "regression":
         return F.mse_loss(logits.reshape(-1), y)
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE.
+
+    T^2 keeps the soft term's gradients on the scale of the hard one (Hinton et al., 2015).
+    """
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
 
 @torch.no_grad()
@@ -184,7 +249,11 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
         model = build_model(config.model, **kwargs)
         spec = {"name": config.model, "kwargs": kwargs}
     if config.compress:
-        compression = compress_(model, parse_compress(config.compress))
+        calib = None
+        if config.calib_samples:
+            x_train, _ = data.split("train")
+            calib = x_train[: config.calib_samples]
+        compression = compress_(model, parse_compress(config.compress), calib=calib)
         if not compression.layers:
             reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in compression.skipped)
             raise ConfigError(
@@ -201,13 +270,16 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
 # give large gradients: 0.05 diverges on boston, and so does 0.002 for a searched 3-node cell;
 # 0.001 trains both (mlp RMSE ~5, searched cell 4.7 in 10 epochs)
 DEFAULT_SGD_LR = {"classification": 0.05, "regression": 0.001}
+# a compressed trained model starts near a good solution: a smaller peak (after the warm-up)
+FINE_TUNE_LR = 0.02
 
 
 def _optimizer(config: TrainConfig, model: nn.Module, task: str) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
+        default = FINE_TUNE_LR if config.fine_tuning else DEFAULT_SGD_LR.get(task, 0.05)
         return torch.optim.SGD(
             model.parameters(),
-            lr=config.lr or DEFAULT_SGD_LR.get(task, 0.05),
+            lr=config.lr or default,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
@@ -218,14 +290,30 @@ def _optimizer(config: TrainConfig, model: nn.Module, task: str) -> torch.optim.
     raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
-def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, config.epochs // 3), 0.1)
-    if config.schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {config.schedule!r}")
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at global step `step`, as a fraction of --lr: a linear warm-up over
+    `warmup` epochs, then the schedule (cosine to 0 over the remaining steps, x0.1 every third
+    of the epochs, or constant). Stepped every batch, so a short fine-tune still decays."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warm = min(total - 1, round(config.warmup * steps_per_epoch))
+    every = max(1, config.epochs // 3)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        if config.schedule == "step":
+            return 0.1 ** ((step // steps_per_epoch) // every)
+        return 1.0
+
+    return factor
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if config.schedule not in ("cosine", "step", "none"):
+        raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {config.schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
 class TrainHook:
@@ -302,6 +390,11 @@ RESUME_KEYS = (
     "seed",
     "prune",
     "prune_target",
+    "warmup_epochs",
+    "distill",
+    "distill_alpha",
+    "distill_temperature",
+    "calib_samples",
 )
 
 
@@ -345,7 +438,9 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         print(report, file=sys.stderr)
     model.train()
     optimizer = _optimizer(config, model, info.task)
-    scheduler = _scheduler(config, optimizer)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    scheduler = _scheduler(config, optimizer, steps_per_epoch)
+    teacher = _teacher(config, info.task)
     if resume_state is not None:
         state = resume_state["train"]
         _check_resume(config, state.get("config", {}), last_path)
@@ -359,10 +454,10 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             # fast-forwarded to the resume point, so an extended run never trains at LR 0.
             for group in optimizer.param_groups:  # the chainable schedulers start from lr
                 group["lr"] = group.get("initial_lr", group["lr"])
-            scheduler = _scheduler(config, optimizer)
+            scheduler = _scheduler(config, optimizer, steps_per_epoch)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # stepping without optimizer.step() is intended
-                for _ in range(start_epoch):
+                for _ in range(start_epoch * steps_per_epoch):
                     scheduler.step()
         if start_epoch >= config.epochs:
             raise ConfigError(
@@ -410,7 +505,15 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             xb, yb = xb[rank::world], yb[rank::world]
             for hook in hooks:
                 hook.before_step(steps_done)
-            loss = _loss(info.task, net(xb), yb, config.label_smoothing)
+            logits = net(xb)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(xb)
+                loss = distillation_loss(
+                    logits, soft, yb, config.distill_alpha, config.distill_temperature
+                )
+            else:
+                loss = _loss(info.task, logits, yb, config.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
@@ -420,6 +523,8 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]  # the last step's rate is what the log shows
+            scheduler.step()
             for hook in hooks:
                 hook.after_step(steps_done, loss.item())
             running += loss.item() * len(yb)
@@ -427,8 +532,6 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
             steps_done += 1
             if show:
                 bar.set_postfix(loss=f"{running / seen:.4f}")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
         if rank != 0:
             continue
         last_val = evaluate(model, *data.split("val"), info.task)
@@ -506,6 +609,18 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         "test": test,
         "test_from": test_from.name,
     }
+
+
+def _teacher(config: TrainConfig, task: str) -> nn.Module | None:
+    """The --init-from model, uncompressed, in eval mode and frozen: the distillation teacher."""
+    if not config.distilling:
+        return None
+    if task != "classification":
+        raise ConfigError("distillation needs a classification task; pass --no-distill")
+    teacher = model_from_checkpoint(load_checkpoint(config.init_from)).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
 
 
 def _kept(last_path: Path) -> str:
