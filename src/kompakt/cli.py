@@ -22,6 +22,7 @@ from kompakt.export.exporter import ExportConfig
 from kompakt.options import click_options, config_from
 from kompakt.runtime_bench.bench import BenchConfig
 from kompakt.search.darts import SearchConfig
+from kompakt.train.compress import CompressConfig
 from kompakt.train.trainer import TrainConfig
 
 
@@ -247,6 +248,28 @@ def prune_command(
             f"pruned ({method}, {ratio:.0%} of filters): {result.get('params')} "
             f"parameters; checkpoint {result.get('best')}"
         )
+
+
+@cli.command("compress")
+@click.argument("ckpt", type=click.Path())
+@click_options(CompressConfig)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def compress_command(ctx: click.Context, ckpt: str, **_: object) -> None:
+    """Compress a trained checkpoint and keep its accuracy: output-aware init, distilled
+    fine-tune; writes OUT/best.pt and OUT/last.pt like kompakt train."""
+    from kompakt.train.compress import compress_checkpoint
+
+    result = compress_checkpoint(ckpt, config_from(ctx, CompressConfig, "compress"))
+    if ctx.params["as_json"]:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    test = ", ".join(f"{k}={v:.4g}" for k, v in result["test"].items())
+    click.echo(
+        f"done: {result['params']} parameters; test ({result['test_from']}) {test}; "
+        f"checkpoints in {result['out']}"
+    )
 
 
 @cli.command("search")

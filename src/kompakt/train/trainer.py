@@ -372,6 +372,35 @@ def fit(config: TrainConfig, hooks: Sequence[TrainHook] = ()) -> dict:
     return _fit(config, rank, world, list(hooks))
 
 
+def initialise(config: TrainConfig) -> dict:
+    """Build the model as `fit` would (init-from, compression, output-aware init) and save it
+    as best.pt and last.pt without training: `kompakt compress --finetune-epochs 0`."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(config.data, root=config.data_root)
+    info = data.info
+    torch.manual_seed(config.seed)
+    model, spec, report = _build(config, data)
+    if report and not config.quiet:
+        print(report, file=sys.stderr)
+    val = evaluate(model, *data.split("val"), info.task)
+    data_dict = {**info.to_dict(), "root": config.data_root}
+    ckpt = make_checkpoint(model, spec, data_dict, {"val": val, "epoch": 0})
+    save_checkpoint(ckpt, out / "best.pt")
+    save_checkpoint(ckpt, out / "last.pt")
+    return {
+        "out": str(out),
+        "last": str(out / "last.pt"),
+        "best": str(out / "best.pt"),
+        "epochs": 0,
+        "params": sum(p.numel() for p in model.parameters()),
+        "val": val,
+        "test": evaluate(model, *data.split("test"), info.task),
+        "test_from": "best.pt",
+        "report": report,
+    }
+
+
 # options that define the run: resuming with other values would silently mix two runs
 RESUME_KEYS = (
     "model",

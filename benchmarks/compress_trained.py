@@ -1,0 +1,233 @@
+"""Compress a trained model and keep its accuracy (issue 14), recipes side by side.
+
+garipov-conv-fc trained on mnist5k (dense baseline), then TT on every conv and FC layer at
+ranks 8 (171x fewer parameters in the replaced layers), fine-tuned by:
+- "main before the fix": `kompakt train --init-from --compress tt:ranks=8 --lr 0.01` run by the
+  code of the commit given by --old-commit (a git worktree), the path that lost the model;
+- "labels only": today's trainer, warm-up 0.3 epochs + per-batch cosine, peak lr 0.02, no
+  teacher, no output fitting;
+- "kompakt compress": the defaults (output-aware init on 512 samples + distillation);
+- "output-aware init, no fine-tune" and "TT-SVD, no fine-tune" (0 epochs);
+- "TT from scratch": garipov-tt-conv-tt-fc trained for the same total epochs.
+Each fine-tuned recipe after 1 and after 3 epochs (separate runs: a 1-epoch run has its own
+schedule). Test accuracy (mnist5k test split), wall time; results/compress_trained.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def run(cmd: list[str], cwd: Path = ROOT, env: dict | None = None) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    out = json.loads("\n".join(lines[lines.index("{") :])) if "{" in lines else {}
+    return {**out, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base-epochs", type=int, default=6)
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--old-commit", default="cde7069")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench_compress"))
+    args = parser.parse_args(argv)
+    import os
+
+    from kompakt.machine import describe_machine
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    kompakt = [sys.executable, "-m", "kompakt.cli"]
+    results_path = work / "partial.json"
+    rows = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def record(name: str, fn) -> dict:
+        if name not in rows:
+            rows[name] = fn()
+            results_path.write_text(json.dumps(rows, indent=2))
+        print(f"{name}: test {rows[name].get('test')} ({rows[name].get('wall_s')} s)", flush=True)
+        return rows[name]
+
+    dense = work / "dense"
+    record(
+        "dense baseline",
+        lambda: run(
+            [
+                *kompakt,
+                "train",
+                "--model",
+                "garipov-conv-fc",
+                "--data",
+                "mnist5k",
+                "--epochs",
+                str(args.base_epochs),
+                "-o",
+                str(dense),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
+    ckpt = str(dense / "best.pt")
+    spec = f"tt:ranks={args.ranks}"
+
+    old = Path("/tmp/kompakt-old-" + args.old_commit)
+    if not old.is_dir():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(old), args.old_commit], cwd=ROOT, check=True
+        )
+    old_env = {**os.environ, "PYTHONPATH": str(old / "src")}
+    for epochs in (1, 3):
+        record(
+            f"main before the fix, {epochs} ep",
+            lambda e=epochs: run(
+                [
+                    sys.executable,
+                    "-m",
+                    "kompakt.cli",
+                    "train",
+                    "--init-from",
+                    ckpt,
+                    "--compress",
+                    spec,
+                    "--data",
+                    "mnist5k",
+                    "--epochs",
+                    str(e),
+                    "--lr",
+                    "0.01",
+                    "-o",
+                    str(work / f"old-{e}"),
+                    "--quiet",
+                    "--json",
+                ],
+                env=old_env,
+            ),
+        )
+        record(
+            f"labels only (warm-up, cosine per batch), {epochs} ep",
+            lambda e=epochs: run(
+                [
+                    *kompakt,
+                    "compress",
+                    ckpt,
+                    "--ranks",
+                    str(args.ranks),
+                    "--calib-samples",
+                    "0",
+                    "--no-distill",
+                    "--finetune-epochs",
+                    str(e),
+                    "-o",
+                    str(work / f"labels-{e}"),
+                    "--quiet",
+                    "--json",
+                ]
+            ),
+        )
+        record(
+            f"kompakt compress (output-aware init + distillation), {epochs} ep",
+            lambda e=epochs: run(
+                [
+                    *kompakt,
+                    "compress",
+                    ckpt,
+                    "--ranks",
+                    str(args.ranks),
+                    "--finetune-epochs",
+                    str(e),
+                    "-o",
+                    str(work / f"compress-{e}"),
+                    "--quiet",
+                    "--json",
+                ]
+            ),
+        )
+    record(
+        "TT-SVD only, 0 ep",
+        lambda: run(
+            [
+                *kompakt,
+                "compress",
+                ckpt,
+                "--ranks",
+                str(args.ranks),
+                "--calib-samples",
+                "0",
+                "--finetune-epochs",
+                "0",
+                "-o",
+                str(work / "svd-0"),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
+    record(
+        "output-aware init, 0 ep",
+        lambda: run(
+            [
+                *kompakt,
+                "compress",
+                ckpt,
+                "--ranks",
+                str(args.ranks),
+                "--finetune-epochs",
+                "0",
+                "-o",
+                str(work / "aware-0"),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
+    record(
+        f"TT from scratch (garipov-tt-conv-tt-fc), {args.base_epochs + 3} ep",
+        lambda: run(
+            [
+                *kompakt,
+                "train",
+                "--model",
+                "garipov-tt-conv-tt-fc",
+                "--data",
+                "mnist5k",
+                "--epochs",
+                str(args.base_epochs + 3),
+                "-o",
+                str(work / "scratch"),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
+    out = {
+        "machine": describe_machine(("onnxruntime",)),
+        "settings": {"base_epochs": args.base_epochs, "ranks": args.ranks, "data": "mnist5k"},
+        "rows": [
+            {
+                "recipe": name,
+                "test_accuracy": (row.get("test") or {}).get("accuracy"),
+                "params": row.get("params"),
+                "wall_s": row.get("wall_s"),
+            }
+            for name, row in rows.items()
+        ],
+    }
+    (HERE / "results" / "compress_trained.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

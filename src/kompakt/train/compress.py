@@ -1,0 +1,88 @@
+"""`kompakt compress`: a trained checkpoint -> a compressed one that keeps its accuracy.
+
+The recipe, each step measured in benchmarks/compress_trained.py: compress every selected layer
+(TT-SVD, or MetaHead's block diagonal), fit each compressed layer to the dense layer's outputs
+on real activations (`--calib-samples`), then fine-tune briefly with the original model as the
+teacher (distillation) under a warm-up + cosine schedule. The result is a normal checkpoint
+directory (best.pt, last.pt, metrics.jsonl) that exports, deploys and resumes like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from kompakt.errors import ConfigError
+from kompakt.models.checkpoint import load_checkpoint
+from kompakt.options import opt
+from kompakt.train.trainer import TrainConfig, TrainHook, fit, initialise
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """The options of `kompakt compress`; field names are the CLI option names."""
+
+    method: Literal["tt", "meta"] = opt("tt", "tt (TT-SVD of large layers) or meta (MetaHead).")
+    ranks: int | None = opt(None, "TT rank cap (default 8 unless --eps).")
+    eps: float | None = opt(None, "TT-SVD relative error bound per layer (instead of --ranks).")
+    groups: int = opt(4, "meta: groups of the MetaHead.")
+    calib_samples: int = opt(
+        512, "Training samples whose activations the compressed layers are fitted to (0: off)."
+    )
+    finetune_epochs: int = opt(3, "Fine-tune epochs after compression (0: keep the init).")
+    distill: bool = opt(True, "Fine-tune against the original model's outputs (teacher).")
+    distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction).")
+    distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
+    lr: float | None = opt(None, "Peak learning rate (default 0.02, after a 0.3-epoch warm-up).")
+    batch_size: int = opt(64, "Batch size.")
+    data: str | None = opt(None, "Dataset (default: the one the checkpoint was trained on).")
+    data_root: str | None = opt(None, "Directory for file-based datasets.")
+    out: str = opt("runs/compressed", "Output directory.", aliases=("-o",))
+    resume: bool = opt(False, "Continue an interrupted compress run from OUT/last.pt.")
+    seed: int = opt(0, "Seed.")
+    quiet: bool = opt(False, "No progress output.")
+
+    def __post_init__(self) -> None:
+        if self.method not in ("tt", "meta"):
+            raise ConfigError(f"method must be 'tt' or 'meta', got {self.method!r}")
+        if self.finetune_epochs < 0 or self.calib_samples < 0:
+            raise ConfigError("finetune_epochs and calib_samples must be >= 0")
+
+    def spec(self) -> str:
+        """The --compress spelling: tt:ranks=8, tt:eps=0.3, meta:groups=4."""
+        if self.method == "meta":
+            return f"meta:groups={self.groups}"
+        if self.eps is not None:
+            return f"tt:eps={self.eps}"
+        return f"tt:ranks={self.ranks or 8}"
+
+
+def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[TrainHook] = ()) -> dict:
+    """Compress `ckpt` per `config`; returns fit's summary (paths, val and test metrics).
+    `hooks` go to the fine-tune loop (see TrainHook)."""
+    saved = load_checkpoint(ckpt)
+    data = config.data or saved.get("data", {}).get("name")
+    if not data:
+        raise ConfigError(f"{ckpt} does not name its dataset; pass --data")
+    train = TrainConfig(
+        model=saved["model"]["name"],
+        data=data,
+        data_root=config.data_root or saved.get("data", {}).get("root"),
+        init_from=str(ckpt),
+        compress=config.spec(),
+        epochs=max(config.finetune_epochs, 1),
+        calib_samples=config.calib_samples,
+        distill=config.distill if config.finetune_epochs else None,
+        distill_alpha=config.distill_alpha,
+        distill_temperature=config.distill_temperature,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        out=config.out,
+        resume=config.resume,
+        seed=config.seed,
+        quiet=config.quiet,
+    )
+    if config.finetune_epochs == 0:
+        return initialise(train)
+    return fit(train, hooks)
