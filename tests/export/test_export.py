@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -295,3 +296,57 @@ def test_malformed_checkpoints_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(CheckpointError, match="not a readable kompakt checkpoint") as info:
         load_checkpoint(tmp_path / "noise.pt")
     assert "weights_only" not in str(info.value)
+
+
+def test_choose_measured_never_far_from_the_fastest_at_any_batch():
+    from kompakt.export.exporter import choose_measured
+
+    forms = ("factored", "chain", "dense")
+    # chain wins at batch 1 by a hair but is 5x slower at 256: the pick must not be chain
+    timings = {
+        "factored": {1: 1.05, 256: 13.0},
+        "chain": {1: 1.00, 256: 62.7},
+        "dense": {1: 2.00, 256: 12.6},
+    }
+    assert choose_measured(timings, forms) == "factored"  # worst 1.05x vs dense's 2x
+    assert choose_measured({"factored": {1: 1.0}, "dense": {1: 1.0}}, ("factored", "dense")) == (
+        "factored"  # a tie keeps the small file
+    )
+
+
+def test_autotune_takes_the_measured_form_not_the_counted_one():
+    """A TT-conv whose 'chain' form has the fewest multiply-adds: `auto` picks it by count;
+    `autotune` follows the (here injected) measurement and records it."""
+    from kompakt.export.exporter import apply_tt_mode
+    from kompakt.layers import TTConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(TTConv2d(16, 16, 3, padding=1, ranks=2))
+    example = torch.randn(1, 16, 8, 8)
+    _, counted = apply_tt_mode(copy.deepcopy(model), "auto", 256, example)
+    costs = counted[0]["costs"]
+    fewest = min(costs, key=costs.get)
+    slow = {f: {1: 1.0, 256: 1.0} for f in costs}
+    slow[fewest] = {1: 1.0, 256: 5.0}  # the counted winner measures 5x slower at batch 256
+    _, tuned = apply_tt_mode(
+        copy.deepcopy(model), "autotune", 256, example, tune=lambda m, s, f: slow
+    )
+    assert tuned[0]["form"] != fewest and tuned[0]["chosen_by"].startswith("measured")
+    assert set(tuned[0]["timings_ms"]) == set(costs)
+
+
+def test_export_autotune_times_every_form_in_onnxruntime(tmp_path):
+    from kompakt.export.exporter import choose_measured
+    from kompakt.layers import TTLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(TTLinear(64, 64, ranks=4))
+    config = ExportConfig(tt_mode="autotune", max_batch=16)
+    report = export_onnx(model, tmp_path / "t.onnx", config, torch.randn(4, 64))
+    layer = report.layers[0]
+    timings = {f: {int(b): t for b, t in per.items()} for f, per in layer["timings_ms"].items()}
+    assert set(timings) == {"factored", "dense"} and all(
+        set(t) == {1, 8, 16} for t in timings.values()
+    )
+    assert layer["form"] == choose_measured(timings, ("factored", "dense"))
+    assert report.ok

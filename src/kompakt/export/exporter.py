@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +39,7 @@ from kompakt.models.common import set_submodule
 from kompakt.options import opt
 from kompakt.runtime.preprocessing import Preprocessing
 
-TT_MODES = ("auto", "factored", "dense")
+TT_MODES = ("auto", "autotune", "factored", "dense")
 SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
 LAYER_KEYS = ("name", "form", "in_modes", "out_modes", "ranks")  # per layer in the metadata
 REFERENCE_EVALUATOR_MAX_PARAMS = 2_000_000  # the pure-Python evaluator is slow beyond this
@@ -67,8 +68,10 @@ class ExportConfig:
         "dynamic", "'dynamic' (symbolic batch axis) or a fixed N.", parse=parse_batch
     )
     max_batch: int = opt(256, "Largest batch of the dynamic axis (and the batch auto plans for).")
-    tt_mode: Literal["auto", "factored", "dense"] = opt(
-        "auto", "Compressed layers: cores in the graph, dense weights, or the cheaper per layer."
+    tt_mode: Literal["auto", "autotune", "factored", "dense"] = opt(
+        "auto",
+        "Compressed layers: cores in the graph, dense weights, the cheaper per layer by counted "
+        "multiply-adds (auto), or the fastest per layer timed in ONNX Runtime here (autotune).",
     )
     simplify: Literal["onnxslim", "onnxsim", "none"] = opt("onnxslim", "Graph simplifier.")
     fc_to_conv: bool = opt(False, "Head as convolutions (any image size).")
@@ -203,8 +206,23 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[in
     return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
 
+def choose_measured(timings: dict[str, dict[int, float]], forms: tuple[str, ...]) -> str:
+    """The form whose worst slowdown against the fastest form, over the timed batches, is the
+    smallest (ties: the first listed, the small file): never far from the best at any batch."""
+    batches = set.intersection(*(set(t) for t in timings.values()))
+
+    def worst(form: str) -> float:
+        return max(timings[form][b] / min(timings[f][b] for f in timings) for b in batches)
+
+    return min(timings, key=lambda f: (round(worst(f), 2), forms.index(f)))
+
+
 def apply_tt_mode(
-    model: nn.Module, mode: str, batch: int, example: torch.Tensor
+    model: nn.Module,
+    mode: str,
+    batch: int,
+    example: torch.Tensor,
+    tune: Callable[[nn.Module, tuple[int, ...], tuple[str, ...]], dict] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Fix each compressed layer's exported form; returns the model (a new root when the model
     itself is a layer made dense) and one record per layer that has a choice of forms.
@@ -212,7 +230,9 @@ def apply_tt_mode(
     Every `CompressedLayer` lists its forms (`export_forms`, e.g. TTLinear "factored" / "dense",
     TTConv2d "factored" / "chain" / "dense") and prices them (`export_costs`); "auto" takes the
     cheapest at the target batch, ties going to the first listed (the factored form, which
-    keeps the file small). A mode a layer does not offer leaves it as written.
+    keeps the file small); "autotune" times every form with `tune` (ONNX Runtime on this
+    machine, several batches) and takes `choose_measured`'s pick. A mode a layer does not offer
+    leaves it as written.
     """
     records = []
     shapes = _input_shapes(model, example)
@@ -225,7 +245,11 @@ def apply_tt_mode(
         shape = (batch, *shape[1:])
         costs = module.export_costs(shape)
         forms = module.export_forms()
-        if mode == "auto":
+        timings = None
+        if mode == "autotune" and tune is not None:
+            timings = tune(module, shape, forms)
+            form = choose_measured(timings, forms)
+        elif mode in ("auto", "autotune"):
             form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
         else:
             form = mode if mode in forms else forms[0]
@@ -240,6 +264,11 @@ def apply_tt_mode(
             "costs": {f: costs[f] for f in forms if f in costs},
             **module.export_info(),
         }
+        if timings is not None:
+            record["chosen_by"] = "measured (onnxruntime, this machine)"
+            record["timings_ms"] = {
+                f: {str(b): round(t * 1e3, 4) for b, t in per.items()} for f, per in timings.items()
+            }
         replacement = module.export_as(form)
         if replacement is not module:
             if not name:
@@ -248,6 +277,49 @@ def apply_tt_mode(
                 set_submodule(model, name, replacement)
         records.append(record)
     return model, records
+
+
+def tune_batches(config: ExportConfig) -> tuple[int, ...]:
+    """The batches autotune times: 1, 8 and the export's target batch."""
+    return tuple(sorted({1, min(8, config.target_batch), config.target_batch}))
+
+
+def measure_forms(
+    layer: nn.Module, shape: tuple[int, ...], forms: tuple[str, ...], config: ExportConfig
+) -> dict[str, dict[int, float]]:
+    """Seconds per run of each export form of `layer` alone, exported as kompakt exports it
+    and timed side by side in ONNX Runtime (CPU, spinning off) at `tune_batches`."""
+    import tempfile
+
+    import numpy as np
+
+    from kompakt.runtime.backends.base import require
+    from kompakt.timing import interleaved_medians
+
+    ort = require("onnxruntime", "cpu", "export --tt-mode autotune")
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for form in forms:
+            path = Path(tmp) / f"{form}.onnx"
+            single = ExportConfig(
+                opset=config.opset, tt_mode=form, check=False, simplify=config.simplify
+            )
+            export_onnx(layer, path, single, torch.randn(2, *shape[1:]))
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.log_severity_level = 3
+            sessions[form] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+    name = next(iter(sessions.values())).get_inputs()[0].name
+    timings: dict[str, dict[int, float]] = {form: {} for form in forms}
+    rng = np.random.default_rng(0)
+    for batch in tune_batches(config):
+        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+        calls = {f: (lambda s=s, x=x: s.run(None, {name: x})) for f, s in sessions.items()}
+        for form, seconds in interleaved_medians(calls, runs=15, warmup=3).items():
+            timings[form][batch] = seconds
+    return timings
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -479,7 +551,10 @@ def export_onnx(
         model = fc_to_conv(model, shape)
     # the traced example: batch 2 for a dynamic axis (batch 1 would specialise), else the batch
     example = _batch_of(samples, 2 if config.batch == "dynamic" else config.batch)
-    model, layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1])
+    tune = (
+        (lambda m, s, f: measure_forms(m, s, f, config)) if config.tt_mode == "autotune" else None
+    )
+    model, layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1], tune)
     fold_limit = _fold_limit(model)
 
     with torch.no_grad():
