@@ -30,6 +30,7 @@ STEPS = {
     "compress_trained": [sys.executable, str(HERE / "compress_trained.py")],
     "search": [sys.executable, str(HERE / "search_experiment.py")],
     "pipeline": [sys.executable, "-m", "kompakt.cli", "pipeline", "--out", "runs/pipeline"],
+    "loadgen_scenarios": [sys.executable, str(HERE / "loadgen_scenarios.py")],  # after pipeline
 }
 
 
@@ -279,6 +280,28 @@ def render() -> str:
             f"{100 * (r['test_accuracy'] - base):+.2f} points | {r['wall_s']} |"
             for r in ct["rows"]
         ]
+        out.append("")
+    lg = _load("loadgen_scenarios")
+    if lg:
+        out += [
+            "## MLPerf LoadGen scenarios (`loadgen_scenarios.py`)",
+            "",
+            "The default pipeline's dense and TT bundles (ONNX Runtime FP32, 2 threads), LoadGen "
+            f"runs of {lg['settings']['duration_s']} s (LoadGen's own minimum is 600 s, so its "
+            "verdict can be INVALID by its early-stopping rule), server bound p99 <= "
+            f"{lg['settings']['bound_ms']} ms. Machine load before: {lg['machine_load']}.",
+            "",
+            "| bundle | mode | metric | value | LoadGen verdict | p50 ms | p90 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in lg["rows"]:
+            value = r.get("value")
+            out.append(
+                f"| {r['bundle']} | {r['mode']} | {r.get('metric', 'p90 latency ms')} | "
+                f"{value if value is None else round(value, 3)} | {r.get('validity', '–')} | "
+                f"{r.get('p50_ms') or 0:.3f} | {r.get('p90_ms') or 0:.3f} | "
+                f"{r.get('p99_ms') or 0:.3f} |"
+            )
         out.append("")
     se = _load("search")
     if se:
