@@ -89,7 +89,7 @@ def test_kompakt_compress_end_to_end_keeps_accuracy(trained, tmp_path):
         "compress",
         str(trained),
         "--ranks",
-        "4",
+        "8",
         "--finetune-epochs",
         "1",
         "--calib-samples",
