@@ -132,3 +132,36 @@ def test_kompakt_compress_killed_and_resumed_ends_with_the_same_weights(trained,
     a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "cut" / "last.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rank_budget_meets_the_ratio_within_two_percent():
+    from kompakt.errors import ConfigError
+    from kompakt.models import parse_compression
+
+    torch.manual_seed(0)
+    for ratio in (5, 10, 30):
+        model = nn.Sequential(
+            nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128)
+        )
+        report = compress_(
+            model, TTConfig(ratio=ratio), filter_fn=lambda n, m: isinstance(m, nn.Linear)
+        )
+        achieved = report.params_before / report.params_after
+        assert ratio <= achieved <= ratio * 1.02, (ratio, achieved)
+    # spectra decide: a layer of exactly TT-rank 2 needs few parameters, the rest get them
+    from kompakt.layers import TTLinear
+    from kompakt.models.ranks import matrix_modes
+
+    low = nn.Linear(256, 256)
+    in_modes, out_modes = matrix_modes(low)
+    with torch.no_grad():
+        low.weight.copy_(TTLinear(256, 256, in_modes, out_modes, ranks=2).weight_dense())
+    model = nn.Sequential(low, nn.ReLU(), nn.Linear(256, 256))
+    report = compress_(model, TTConfig(ratio=8), filter_fn=lambda n, m: isinstance(m, nn.Linear))
+    rows = {r["name"]: r for r in report.layers}
+    assert rows["0"]["params_after"] < rows["2"]["params_after"]
+    assert isinstance(parse_compression("tt:ratio=30"), TTConfig)
+    with pytest.raises(ConfigError, match="ratio or an eps"):
+        TTConfig(ratio=30, eps=0.1)
+    with pytest.raises(ConfigError, match="ratio must be > 1"):
+        TTConfig(ratio=0.5)

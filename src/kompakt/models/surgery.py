@@ -29,6 +29,10 @@ class TTConfig:
         eps: relative Frobenius error bound of each layer's TT-SVD.
         in_modes, out_modes: factorisations, used only for layers whose sizes they fit.
         conv_variant: "tt" (Garipov) or "naive".
+        ratio: times fewer parameters for the selected layers together: ranks are spread over
+            their Linear layers' bonds by greedy error reduction per parameter
+            (`kompakt.models.ranks`); convolutions keep the `ranks` cap (default 8) and count
+            against the budget.
         rescale: scale each truncated layer back to the dense weight's Frobenius norm, so the
             activations keep their scale for fine-tuning (a rank-8 TT of a trained 6272x1536
             layer keeps ~1 % of its energy, and the net then starts from a dead signal). The
@@ -41,6 +45,14 @@ class TTConfig:
     out_modes: tuple[int, ...] | None = None
     conv_variant: str = "tt"
     rescale: bool = True
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None:
+            if not self.ratio > 1:
+                raise ConfigError(f"ratio must be > 1 (times fewer parameters), got {self.ratio}")
+            if self.eps is not None:
+                raise ConfigError("give tt a ratio or an eps, not both")
 
 
 @dataclass(frozen=True)
@@ -286,11 +298,12 @@ def compress_(
     select = filter_fn or default_filter
     report = CompressionReport()
     targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+    per_layer = _ratio_plan(targets, config) if getattr(config, "ratio", None) else {}
     recorded = _record_io(model, [m for _, m in targets], calib) if calib is not None else {}
     replacements = []
     for name, module in targets:
         try:
-            result = build(module, config)
+            result = build(module, per_layer.get(name, config))
         except (ValueError, RuntimeError) as error:
             raise ConfigError(
                 f"cannot compress layer {name!r} ({type(module).__name__}): {error}; the model "
@@ -402,6 +415,31 @@ def fit_outputs_(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
         after = before
     layer.train(was_training)
     return {"output_error_svd": before, "output_error": after}
+
+
+def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[str, TTConfig]:
+    """Per-Linear configs with the ranks `allocate_ranks` chose for `config.ratio`."""
+    import dataclasses
+
+    from kompakt.models.ranks import allocate_ranks, matrix_modes
+
+    linears = {n: m for n, m in targets if isinstance(m, nn.Linear)}
+    if not linears:
+        raise ConfigError("tt ratio= spreads ranks over Linear layers; none was selected")
+    budget = sum(_params(m) for _, m in targets) / config.ratio
+    fixed = 0
+    for _, module in targets:  # convolutions at the rank cap count against the budget
+        if isinstance(module, nn.Conv2d) and not _tt_conv_obstacle(module):
+            twin = _tt_replacement(module, dataclasses.replace(config, ratio=None))
+            fixed += _params(twin[0]) if isinstance(twin, tuple) else _params(module)
+    ranks = allocate_ranks(linears, int(budget - fixed))
+    plans = {}
+    for name, module in linears.items():
+        in_modes, out_modes = matrix_modes(module)
+        plans[name] = dataclasses.replace(
+            config, ratio=None, ranks=ranks[name], in_modes=in_modes, out_modes=out_modes
+        )
+    return plans
 
 
 def _layer_name(module: nn.Module) -> str | None:

@@ -207,11 +207,16 @@ def _worker(
     cmd += placement_args(placement or {})
     for module in plugin_modules():  # backends registered outside kompakt
         cmd += ["--plugin", module]
+    return run_fresh(cmd, f"benchmark worker failed on {bundle} at batch {batch}")
+
+
+def run_fresh(cmd: list[str], failure: str) -> dict:
+    """Run a measurement in a fresh Python process (our import path) and read its JSON."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise KompaktError(f"benchmark worker failed on {bundle} at batch {batch}: {last}")
+        raise KompaktError(f"{failure}: {last}")
     return json.loads(proc.stdout)
 
 
@@ -283,12 +288,7 @@ def _loadgen_all(paths, names, run, rounds, steps, raw, report, threads, placeme
         ]
         cmd += ["--threads", str(threads)] if threads else []
         cmd += placement_args(placement)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise KompaktError(f"LoadGen {settings.scenario} run failed on {paths[i]}: {last}")
-        return json.loads(proc.stdout)
+        return run_fresh(cmd, f"LoadGen {settings.scenario} run failed on {paths[i]}")
 
     out: dict[int, dict] = {}
     try:

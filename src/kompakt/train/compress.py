@@ -24,6 +24,11 @@ class CompressConfig:
     """The options of `kompakt compress`; field names are the CLI option names."""
 
     method: Literal["tt", "meta"] = opt("tt", "tt (TT-SVD of large layers) or meta (MetaHead).")
+    ratio: float | None = opt(
+        None,
+        "tt: times fewer parameters in the compressed layers; ranks are spread over the Linear "
+        "layers by error reduction per parameter (convs keep --ranks).",
+    )
     ranks: int | None = opt(None, "TT rank cap (default 8 unless --eps).")
     eps: float | None = opt(None, "TT-SVD relative error bound per layer (instead of --ranks).")
     groups: int = opt(4, "meta: groups of the MetaHead.")
@@ -53,6 +58,8 @@ class CompressConfig:
         """The --compress spelling: tt:ranks=8, tt:eps=0.3, meta:groups=4."""
         if self.method == "meta":
             return f"meta:groups={self.groups}"
+        if self.ratio is not None:
+            return f"tt:ratio={self.ratio}" + (f",ranks={self.ranks}" if self.ranks else "")
         if self.eps is not None:
             return f"tt:eps={self.eps}"
         return f"tt:ranks={self.ranks or 8}"

@@ -1,0 +1,100 @@
+"""Rank budgets: `TTConfig(ratio=30)` spreads TT ranks over the selected layers by one global
+criterion instead of one cap for every layer.
+
+For a TT-matrix, TT-SVD's squared error is at most the sum over bonds of the squared singular
+values each bond's unfolding drops (Oseledets 2011, Thm 2.2). Those spectra are computed once per
+layer; then, from rank 1 everywhere, the allocator repeatedly raises the one bond rank (in any
+layer) that removes the most relative squared error per added parameter, while the selected
+layers' parameters stay within their dense total / ratio. Layers the allocator does not plan
+(convolutions) keep the config's rank cap and count against the budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import torch
+from torch import nn
+
+from kompakt.errors import ConfigError
+from kompakt.layers import TTLinear
+
+
+def matrix_modes(linear: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The modes `TTLinear.from_dense` would use for this layer."""
+    probe = TTLinear(linear.in_features, linear.out_features, ranks=1, bias=False)
+    return probe.in_modes, probe.out_modes
+
+
+def bond_spectra(linear: nn.Linear) -> tuple[list[int], list[torch.Tensor], float]:
+    """Mode sizes n_k * m_k, the squared singular values of every bond's unfolding (of the
+    interleaved TT-matrix tensor) and the squared Frobenius norm of the weight."""
+    in_modes, out_modes = matrix_modes(linear)
+    d = len(in_modes)
+    sizes = [n * m for n, m in zip(in_modes, out_modes, strict=True)]
+    w = linear.weight.detach().double().reshape(*out_modes, *in_modes)
+    w = w.permute([i for k in range(d) for i in (d + k, k)]).reshape(sizes)
+    spectra = [
+        torch.linalg.svdvals(w.reshape(math.prod(sizes[: k + 1]), -1)) ** 2 for k in range(d - 1)
+    ]
+    return sizes, spectra, float(w.pow(2).sum())
+
+
+def tt_params(sizes: list[int], ranks: list[int]) -> int:
+    """Parameters of TT cores with mode sizes `sizes` and inner bond ranks `ranks`."""
+    full = [1, *ranks, 1]
+    return sum(full[k] * sizes[k] * full[k + 1] for k in range(len(sizes)))
+
+
+def allocate_ranks(linears: dict[str, nn.Linear], budget: int) -> dict[str, tuple[int, ...]]:
+    """Bond ranks per layer whose TT parameters (plus biases) fit `budget`, by greedy error
+    reduction per parameter (see the module docstring)."""
+    plans = {}
+    for name, linear in linears.items():
+        sizes, spectra, energy = bond_spectra(linear)
+        bias = linear.out_features if linear.bias is not None else 0
+        plans[name] = {"sizes": sizes, "spectra": spectra, "energy": energy, "bias": bias}
+        plans[name]["ranks"] = [1] * (len(sizes) - 1)
+    used = sum(tt_params(p["sizes"], p["ranks"]) + p["bias"] for p in plans.values())
+    if used > budget:
+        raise ConfigError(
+            f"even rank 1 everywhere needs {used:,} parameters, above the budget {budget:,}; "
+            "lower the ratio"
+        )
+
+    def gain(name: str, bond: int) -> tuple[float, int] | None:
+        plan = plans[name]
+        ranks, spectrum = plan["ranks"], plan["spectra"][bond]
+        if ranks[bond] >= len(spectrum):
+            return None
+        trial = list(ranks)
+        trial[bond] += 1
+        cost = tt_params(plan["sizes"], trial) - tt_params(plan["sizes"], ranks)
+        return float(spectrum[ranks[bond]]) / plan["energy"] / cost, cost
+
+    heap = []
+    for name, plan in plans.items():
+        for bond in range(len(plan["ranks"])):
+            step = gain(name, bond)
+            if step:
+                heapq.heappush(heap, (-step[0], name, bond, step[1], 1))
+    while heap:
+        _, name, bond, cost, rank = heapq.heappop(heap)
+        current = gain(name, bond)
+        if current is None:
+            continue
+        if current[1] != cost or plans[name]["ranks"][bond] != rank:  # stale entry
+            heapq.heappush(heap, (-current[0], name, bond, current[1], plans[name]["ranks"][bond]))
+            continue
+        if used + cost > budget:
+            continue  # too big now; a cheaper step elsewhere may still fit
+        plans[name]["ranks"][bond] += 1
+        used += cost
+        for neighbour in (bond - 1, bond, bond + 1):
+            if 0 <= neighbour < len(plans[name]["ranks"]):
+                step = gain(name, neighbour)
+                if step:
+                    rank = plans[name]["ranks"][neighbour]
+                    heapq.heappush(heap, (-step[0], name, neighbour, step[1], rank))
+    return {name: tuple(plan["ranks"]) for name, plan in plans.items()}
