@@ -102,7 +102,16 @@ def confined(bundle: Path, relative: str) -> Path:
         if current.is_symlink():
             raise BundleError(f"bundle path {relative!r} is a symlink; refused")
     path = current.resolve()
-    if bundle.resolve() not in path.parents:
+    # the directory `len(parts)` levels up must be the bundle itself, compared by inode: a
+    # textual comparison of two resolve() calls races with an atomic swap of the bundle (its
+    # path changes between them while the pinned directory stays the same)
+    depth = len(Path(relative).parts)
+    top = path.parents[depth - 1] if depth <= len(path.parents) else None
+    try:
+        inside = top is not None and os.path.samefile(top, bundle)
+    except OSError:
+        inside = False
+    if not inside:
         raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
     return path
 
