@@ -29,7 +29,8 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -44,7 +45,7 @@ def describe_machine(packages: tuple[str, ...] = ("torch", "onnx", "onnxruntime"
         "memory_gib": _memory_gib(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "packages": {name: _version(name) for name in packages},
+        "packages": {name: package_version(name) for name in packages},
         "gpu": None,
     }
     try:

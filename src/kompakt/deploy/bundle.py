@@ -13,9 +13,7 @@ replaced only with force=True.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -35,7 +33,7 @@ from kompakt.deploy.builders import BACKENDS, BuildOptions, profile_batches
 from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantizable_nodes, quantize_int8
 from kompakt.errors import ConfigError, KompaktError
-from kompakt.machine import describe_machine
+from kompakt.machine import describe_machine, package_version
 from kompakt.options import opt
 from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS, BackendUnavailable, require
@@ -173,11 +171,9 @@ def _run_batches(run, x: np.ndarray, batch: int, fixed: bool = False) -> np.ndar
 
 
 def _versions() -> dict:
-    out = {"kompakt": __version__}
-    for package in ("onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[package] = importlib.metadata.version(package)
-    return out
+    packages = ("onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
+    found = {package: package_version(package) for package in packages}
+    return {"kompakt": __version__, **{k: v for k, v in found.items() if v}}
 
 
 def _file_entries(bundle: Path) -> dict:

@@ -427,11 +427,25 @@ def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[
     if not linears:
         raise ConfigError("tt ratio= spreads ranks over Linear layers; none was selected")
     budget = sum(_params(m) for _, m in targets) / config.ratio
-    fixed = 0
-    for _, module in targets:  # convolutions at the rank cap count against the budget
+    fixed = 0  # what the other selected layers will hold: convs at the rank cap, the rest as is
+    for _, module in targets:
+        if isinstance(module, nn.Linear):
+            continue
         if isinstance(module, nn.Conv2d) and not _tt_conv_obstacle(module):
-            twin = _tt_replacement(module, dataclasses.replace(config, ratio=None))
-            fixed += _params(twin[0]) if isinstance(twin, tuple) else _params(module)
+            twin = TTConv2d(  # the cores' shapes, without running TT-SVD twice
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                ranks=config.ranks or 8,
+                bias=module.bias is not None,
+                variant=config.conv_variant,
+            )
+            fixed += _params(twin)
+        else:
+            fixed += _params(module)
     ranks = allocate_ranks(linears, int(budget - fixed))
     plans = {}
     for name, module in linears.items():

@@ -185,8 +185,7 @@ def _worker(
     warmup_s: float,
     min_runs: int,
     duration_s: float,
-    threads: int | None,
-    placement: dict | None = None,
+    placement: dict,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -202,9 +201,7 @@ def _worker(
         "--duration-s",
         str(duration_s),
     ]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    cmd += placement_args(placement or {})
+    cmd += placement_args(placement)
     for module in plugin_modules():  # backends registered outside kompakt
         cmd += ["--plugin", module]
     return run_fresh(cmd, f"benchmark worker failed on {bundle} at batch {batch}")
@@ -239,19 +236,19 @@ def merge_gpu(kept: dict | None, new: dict) -> dict:
     return kept
 
 
-def gpu_summary(gpu: dict | None) -> dict | None:
+def gpu_summary(gpu: dict | None, measured: bool = False) -> dict | None:
     """The GPU record of a bundle with device-only latency statistics instead of raw times.
-    `measured_on_gpu` is False unless this machine has a real NVIDIA GPU (nvidia-smi), so a
-    figure from a stand-in can never pass for a measurement."""
+    `measured` (`measured_on_gpu`) is True only when this machine has a real CUDA GPU (torch
+    sees one), so a figure from a stand-in can never pass for a measurement."""
     if gpu is None:
         return None
     timing = dict(gpu["timing"])
     raw = timing.pop("device_only_s")
     timing["device_only"] = {b: latency_stats(t, int(b)) for b, t in raw.items() if t}
-    return {**gpu, "timing": timing, "measured_on_gpu": bool(describe_machine(())["gpu"])}
+    return {**gpu, "timing": timing, "measured_on_gpu": measured}
 
 
-def _loadgen_all(paths, names, run, rounds, steps, raw, report, threads, placement, quiet):
+def _loadgen_all(paths, names, run, rounds, steps, raw, report, placement, quiet):
     """Every bundle through one LoadGen scenario, interleaved: bundle A's run, B's, A's...
     (the server search takes one step per bundle in turn). Logs under report/loadgen/."""
     import tempfile
@@ -286,7 +283,6 @@ def _loadgen_all(paths, names, run, rounds, steps, raw, report, threads, placeme
             "--out",
             str(logs / names[i] / tag),
         ]
-        cmd += ["--threads", str(threads)] if threads else []
         cmd += placement_args(placement)
         return run_fresh(cmd, f"LoadGen {settings.scenario} run failed on {paths[i]}")
 
@@ -330,8 +326,10 @@ def _loadgen_all(paths, names, run, rounds, steps, raw, report, threads, placeme
 
 
 def placement_args(placement: dict) -> list[str]:
-    """Worker arguments for inter-op threads, spinning and CPU pinning."""
+    """Worker arguments for threads, inter-op threads, spinning and CPU pinning."""
     args = []
+    if placement.get("threads"):
+        args += ["--threads", str(placement["threads"])]
     if placement.get("inter_op_threads"):
         args += ["--inter-op-threads", str(placement["inter_op_threads"])]
     if placement.get("spin"):
@@ -424,7 +422,12 @@ def run(
     manifests = [read_manifest(p) for p in paths]  # verifies every hash before measuring
     goldens = [_verify(p, threads) for p in paths]  # the numbers are right here, or we say so
     names = _unique_names(paths)
-    placement = {"inter_op_threads": inter_op_threads, "spin": spin, "cpus": parse_cpus(cpus)}
+    placement = {
+        "threads": threads,
+        "inter_op_threads": inter_op_threads,
+        "spin": spin,
+        "cpus": parse_cpus(cpus),
+    }
     load_before = machine_load()
     noisy = load_warning(load_before)
     if noisy:
@@ -433,20 +436,21 @@ def run(
     per_bundle: list[dict] = [
         {"create_s": [], "first_s": [], "peak": [], "baseline": []} for _ in paths
     ]
+    x_eval = y_eval = info = None
+    if data:
+        x_eval, y_eval, info = _dataset(data, split, data_root)
     scenarios: dict[int, dict] = {}
+    jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
     if scenario:  # LoadGen drives the engines instead of the timing loop below
         from kompakt.runtime_bench import loadgen
 
         loadgen.require_loadgen()
-        data_split = _dataset(data, split, data_root)[0] if data else None
         run = loadgen.RunSettings(
             scenario, duration_s, min_runs, target_latency_ms, target_qps, loadgen_settings
         )
         scenarios = _loadgen_all(
-            paths, names, run, rounds, search_steps, data_split, report, threads, placement, quiet
+            paths, names, run, rounds, search_steps, x_eval, report, placement, quiet
         )
-    jobs = [(r, b, i) for r in range(rounds) for b in batches for i in range(len(paths))]
-    if scenario:
         jobs = []
     bar = progress(jobs, desc="bench", quiet=quiet)
     for _, batch, i in bar:
@@ -459,7 +463,6 @@ def run(
             warmup_s if _ == 0 else warmup_s / 2,
             max(1, min_runs // rounds),
             duration_s / rounds,
-            threads,
             placement,
         )
         samples.setdefault((i, batch), []).extend(result["times"][str(batch)])
@@ -471,9 +474,7 @@ def run(
         if result.get("gpu"):
             record["gpu"] = merge_gpu(record.get("gpu"), result["gpu"])
 
-    x_eval = y_eval = info = None
-    if data:
-        x_eval, y_eval, info = _dataset(data, split, data_root)
+    machine = describe_machine(("onnxruntime", "openvino", "tensorrt"))
     results = []
     for i, (path, manifest) in enumerate(zip(paths, manifests, strict=True)):
         artefact_bytes, total_bytes = _bundle_bytes(path, manifest)
@@ -493,7 +494,7 @@ def run(
             baseline_rss_mib=min(record["baseline"]) / 1024 if record["baseline"] else None,
         )
         entry.golden = goldens[i]
-        entry.gpu = gpu_summary(record.get("gpu"))
+        entry.gpu = gpu_summary(record.get("gpu"), measured=bool(machine["gpu"]))
         entry.scenario = scenarios.get(i)
         if entry.golden and not entry.golden["ok"]:
             entry.warnings.append(f"golden samples drifted: {golden.describe(entry.golden)}")
@@ -544,8 +545,8 @@ def run(
             "data": data,
             "split": split,
         },
-        "machine": describe_machine(("onnxruntime", "openvino", "tensorrt")),
-        "gpu_note": None if describe_machine(())["gpu"] else "GPU: not measured (no GPU)",
+        "machine": machine,
+        "gpu_note": None if machine["gpu"] else "GPU: not measured (no GPU)",
         "bundles": results,
     }
     check_schema(out, results_schema(), "bench results")

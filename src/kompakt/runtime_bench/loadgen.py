@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kompakt.machine import package_version
+
 SCENARIOS = {
     "single-stream": "SingleStream",
     "multi-stream": "MultiStream",
@@ -52,15 +54,6 @@ class RunSettings:
     target_latency_ms: float = 10.0
     target_qps: float | None = None
     settings_file: str | None = None
-
-
-def loadgen_version() -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version("mlcommons-loadgen")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def require_loadgen():
@@ -129,7 +122,8 @@ def _estimate(engine, samples: np.ndarray, batch: int, seconds: float = 0.5) -> 
     return (time.perf_counter() - start) / runs
 
 
-def _test_settings(lg, run: RunSettings, engine, samples: np.ndarray):
+def _test_settings(lg, run: RunSettings, engine, samples: np.ndarray, batch: int):
+    """LoadGen's settings; `batch` is what the SUT runs per call (the estimates time it)."""
     name = SCENARIOS[run.scenario]
     settings = lg.TestSettings()
     settings.scenario = getattr(lg.TestScenario, name)
@@ -137,18 +131,17 @@ def _test_settings(lg, run: RunSettings, engine, samples: np.ndarray):
     settings.min_duration_ms = int(run.duration_s * 1000)
     settings.max_duration_ms = int(run.duration_s * 4000) + 10_000
     settings.min_query_count = run.min_queries
-    single = _estimate(engine, samples, 1)
     if run.scenario == "single-stream":
-        settings.single_stream_expected_latency_ns = int(single * 1e9)
+        settings.single_stream_expected_latency_ns = int(_estimate(engine, samples, 1) * 1e9)
     elif run.scenario == "multi-stream":
         settings.multi_stream_samples_per_query = MULTI_STREAM_SAMPLES
-        per_query = _estimate(engine, samples, MULTI_STREAM_SAMPLES)
+        calls = math.ceil(MULTI_STREAM_SAMPLES / batch)  # a query of 8 in batches the engine takes
+        per_query = calls * _estimate(engine, samples, batch)
         settings.multi_stream_expected_latency_ns = int(per_query * 1e9)
     elif run.scenario == "offline":
-        per_batch = _estimate(engine, samples, OFFLINE_BATCH)
-        settings.offline_expected_qps = OFFLINE_BATCH / per_batch
+        settings.offline_expected_qps = batch / _estimate(engine, samples, batch)
     else:
-        settings.server_target_qps = run.target_qps or 0.5 / single
+        settings.server_target_qps = run.target_qps or 0.5 / _estimate(engine, samples, 1)
         settings.server_target_latency_ns = int(run.target_latency_ms * 1e6)
         settings.server_target_latency_percentile = 0.99
     if run.settings_file:  # an expert's user.conf wins over kompakt's defaults
@@ -192,7 +185,7 @@ def summarise(scenario: str, detail: dict, settings: dict) -> dict:
         or detail.get("result_completed_samples_per_sec")
         or detail.get("result_qps_without_loadgen_overhead"),
         "target_qps": settings.get("target_qps"),
-        "loadgen_version": loadgen_version(),
+        "loadgen_version": package_version("mlcommons-loadgen"),
         "settings": settings,
     }
     metric = {
@@ -219,15 +212,15 @@ def run_one(
     lg = require_loadgen()
     outdir.mkdir(parents=True, exist_ok=True)
     with load(bundle, threads=threads, tuning=tuning) as engine:
-        cap = engine.max_batch or OFFLINE_BATCH
-        max_batch = {
+        wanted = {
             "single-stream": 1,
             "multi-stream": MULTI_STREAM_SAMPLES,
             "offline": OFFLINE_BATCH,
             "server": SERVER_MAX_BATCH,
         }[run.scenario]
-        settings = _test_settings(lg, run, engine, samples)
-        sut_impl = EngineSUT(lg, engine, samples, min(max_batch, cap))
+        batch = min(wanted, engine.max_batch or wanted)
+        settings = _test_settings(lg, run, engine, samples, batch)
+        sut_impl = EngineSUT(lg, engine, samples, batch)
         sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
         qsl = lg.ConstructQSL(len(samples), len(samples), lambda _: None, lambda _: None)
         log = lg.LogSettings()

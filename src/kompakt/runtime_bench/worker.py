@@ -36,16 +36,6 @@ def _peak_kib() -> int | None:
     return peak
 
 
-def _cudart():
-    """cuda-python's runtime module when importable (GPU backends), else None."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
 def _device_used(cuda) -> int | None:
     error, free, total = cuda.cudaMemGetInfo()
     return None if int(error) else int(total - free)
@@ -56,22 +46,23 @@ class GpuProbe:
     the engine's own activation memory, the I/O buffers held, the process's device-memory
     growth from before the engine was loaded (cudaMemGetInfo, sampled after every batch), and
     per batch the time of the engine alone (inputs already on the device, the stream
-    synchronised) next to the end-to-end time that includes the host<->device copies."""
+    synchronised) next to the end-to-end time that includes the host<->device copies.
+    Made only for such runners, before the RSS baseline (it imports cuda-python)."""
 
     def __init__(self) -> None:
-        self.cuda = _cudart()
-        self.before = _device_used(self.cuda) if self.cuda else None
+        from kompakt.runtime.backends.tensorrt import cudart
+
+        self.cuda = cudart()
+        self.before = _device_used(self.cuda)
         self.peak = self.before
         self.device_only: dict[str, list[float]] = {}
 
     def sample(self) -> None:
-        if self.cuda and self.before is not None:
-            used = _device_used(self.cuda)
-            self.peak = max(self.peak or 0, used or 0)
+        used = _device_used(self.cuda)
+        if self.before is not None and used is not None:
+            self.peak = max(self.peak, used)
 
     def time_device_only(self, runner, x, runs: int) -> None:
-        if not hasattr(runner, "run_all"):
-            return
         runner.run_all(x)  # buffers sized for this batch, inputs on the device
         times = []
         for _ in range(runs):
@@ -80,9 +71,7 @@ class GpuProbe:
             times.append(time.perf_counter() - t0)
         self.device_only[str(len(x))] = times
 
-    def result(self, runner) -> dict | None:
-        if not hasattr(runner, "device_memory") or self.cuda is None:
-            return None
+    def result(self, runner) -> dict:
         cuda = self.cuda
         props = cuda.cudaGetDeviceProperties(getattr(runner, "device", 0))[1]
         name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
@@ -127,11 +116,12 @@ def measure(
     from kompakt.runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle, verify=False)
-    sdk = getattr(RUNNERS.get(manifest["backend"]), "sdk", None)
+    runner_type = RUNNERS.get(manifest["backend"])
+    sdk = getattr(runner_type, "sdk", None)
     if sdk:  # imported before the baseline: the SDK is not the model's memory
         importlib.import_module(sdk)
+    probe = GpuProbe() if hasattr(runner_type, "device_memory") else None
     baseline = _status_kib("VmRSS")
-    probe = GpuProbe()
     start = time.perf_counter()
     engine = load(bundle, threads=threads, tuning=tuning)
     create_s = time.perf_counter() - start
@@ -154,9 +144,10 @@ def measure(
             engine.run(x)
             times.append(time.perf_counter() - t0)
         results[str(batch)] = times
-        probe.time_device_only(engine.runner, x, min_runs)
-        probe.sample()
-    gpu = probe.result(engine.runner)
+        if probe:
+            probe.time_device_only(engine.runner, x, min_runs)
+            probe.sample()
+    gpu = probe.result(engine.runner) if probe else None
     engine.close()
     return {
         "baseline_rss_kib": baseline,

@@ -14,6 +14,7 @@ from kompakt.deploy.builders.base import (
     profile_batches,
 )
 from kompakt.errors import ConfigError
+from kompakt.machine import package_version
 
 
 @BACKENDS.register("onnxruntime", help="ONNX Runtime CPU execution provider")
@@ -63,17 +64,8 @@ class OnnxRuntimeBackend(Backend):
 def installed_ort_wheels() -> list[str]:
     """The ONNX Runtime distributions installed (ONNX Runtime's documentation: only one may be;
     they share the `onnxruntime` module and whichever was installed last wins)."""
-    from importlib import metadata
-
     names = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
-    found = []
-    for name in names:
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
+    return [name for name in names if package_version(name)]
 
 
 # the shared library each GPU provider loads (it links CUDA / cuDNN / TensorRT at load time)
@@ -225,20 +217,9 @@ class _OrtGpuBackend(Backend):
                 "nodes_by_provider": where["nodes_by_provider"],
                 "nodes_total": total,
                 "onnxruntime": ort.__version__,
-                "tensorrt": _tensorrt_version(),
+                "tensorrt": package_version("tensorrt"),
             },
         )
-
-
-def _tensorrt_version() -> str | None:
-    from importlib import metadata
-
-    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-libs"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 @BACKENDS.register("onnxruntime-cuda", help="ONNX Runtime CUDA execution provider")
