@@ -26,3 +26,15 @@ def python(code: str, env: dict | None = None):
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def killed_at_step(call: str, step: int):
+    """A fresh interpreter that runs `call` (Python that passes `hooks=[Kill()]` to fit or
+    compress_checkpoint) and dies by SIGKILL after global step `step`: a run killed mid-epoch."""
+    return python(
+        "import os, signal\n"
+        "from kompakt.train import TrainHook\n"
+        "class Kill(TrainHook):\n"
+        "    def after_step(self, step, loss):\n"
+        f"        if step + 1 >= {step}: os.kill(os.getpid(), signal.SIGKILL)\n" + call
+    )

@@ -26,24 +26,21 @@ KINDS = (*REGISTRIES, "backends")
 CATALOGUE_FILE = "catalogue.json"
 
 
+def live_rows(kind: str) -> dict[str, str]:
+    """{name: help} of one registry, read from the registry itself (imports its module)."""
+    module, attribute = REGISTRIES[kind]
+    registry = getattr(importlib.import_module(module), attribute)
+    return {name: registry.help(name) for name in registry.names()}
+
+
 def live_catalogue() -> dict[str, dict[str, str]]:
     """{kind: {name: help}} read from the registries themselves (imports torch)."""
-    catalogue = {}
-    for kind, (module, attribute) in REGISTRIES.items():
-        registry = getattr(importlib.import_module(module), attribute)
-        catalogue[kind] = {name: registry.help(name) for name in registry.names()}
-    return catalogue
+    return {kind: live_rows(kind) for kind in REGISTRIES}
 
 
 def shipped_catalogue() -> dict[str, dict[str, str]]:
     """The catalogue written at release time (no torch import)."""
     return json.loads(resources.files("kompakt").joinpath(CATALOGUE_FILE).read_text())
-
-
-def backend_rows() -> list[dict]:
-    from kompakt.deploy.builders import list_backends
-
-    return list_backends()
 
 
 def format_rows(rows: dict[str, str]) -> str:
@@ -62,10 +59,12 @@ def format_backends(rows: list[dict]) -> str:
 
 def print_listing(kind: str, as_json: bool, live: bool = False) -> None:
     if kind == "backends":
-        rows = backend_rows()
+        from kompakt.deploy.builders import list_backends
+
+        rows = list_backends()
         click.echo(json.dumps(rows, indent=2) if as_json else format_backends(rows))
         return
-    rows = (live_catalogue() if live else shipped_catalogue())[kind]
+    rows = live_rows(kind) if live else shipped_catalogue()[kind]
     click.echo(json.dumps(rows, indent=2) if as_json else format_rows(rows))
 
 

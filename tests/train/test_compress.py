@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clirun import kompakt, python
+from clirun import killed_at_step, kompakt
 from kompakt.models import TTConfig, compress_
 from kompakt.train import TrainConfig, load_checkpoint
 from kompakt.train.trainer import distillation_loss, lr_factor
@@ -116,15 +116,11 @@ def test_kompakt_compress_killed_and_resumed_ends_with_the_same_weights(trained,
     common = "--ranks", "4", "--finetune-epochs", "3", "--calib-samples", "128", "--quiet"
     full = kompakt("compress", str(trained), *common, "-o", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
-    killed = python(
-        "import os, signal\n"
-        "from kompakt.train import TrainHook\n"
+    killed = killed_at_step(
         "from kompakt.train.compress import CompressConfig, compress_checkpoint\n"
-        "class Kill(TrainHook):\n"
-        "    def after_step(self, step, loss):\n"
-        "        if step + 1 >= 30: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"compress_checkpoint({str(trained)!r}, CompressConfig(ranks=4, finetune_epochs=3,"
-        f" calib_samples=128, quiet=True, out={str(tmp_path / 'cut')!r}), hooks=[Kill()])\n"
+        f" calib_samples=128, quiet=True, out={str(tmp_path / 'cut')!r}), hooks=[Kill()])\n",
+        30,
     )
     assert killed.returncode == -signal.SIGKILL
     resumed = kompakt("compress", str(trained), *common, "-o", str(tmp_path / "cut"), "--resume")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from clirun import kompakt, python
+from clirun import killed_at_step, kompakt
 from kompakt.cli import cli
 from kompakt.errors import CheckpointError, ConfigError
 from kompakt.train import (
@@ -85,15 +85,12 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
     assert full.returncode == 0, full.stderr
     # digits: 1,257 training images / 64 = 20 steps per epoch; die in the middle of epoch 2
     # the same run as a program that dies by SIGKILL at step 30, through a TrainHook
-    killed = python(
-        "import os, signal\n"
-        "from kompakt.train import TrainConfig, TrainHook, fit\n"
-        "class Kill(TrainHook):\n"
-        "    def after_step(self, step, loss):\n"
-        "        if step + 1 >= 30: os.kill(os.getpid(), signal.SIGKILL)\n"
+    killed = killed_at_step(
+        "from kompakt.train import TrainConfig, fit\n"
         "fit(TrainConfig(model='mlp', data='digits', epochs=3, quiet=True,"
         f" out={str(tmp_path / 'cut')!r}, model_kwargs={{'hidden': [64], 'dropout': 0.1}}),"
-        " hooks=[Kill()])\n"
+        " hooks=[Kill()])\n",
+        30,
     )
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["train"]["epoch"] == 1

@@ -287,13 +287,22 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
 
     batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
     fixed = isinstance(batch_axis, int) and batch_axis > 0
-    chunk = batch_axis if fixed else min(64, engine_max_batch(backend, options, batch_axis) or 64)
+    max_batch = engine_max_batch(backend, options, batch_axis)
+    chunk = batch_axis if fixed else min(64, max_batch or 64)
     last: dict = {}
 
     def measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
         artefact = backend.build(graph_path, tmp, precision, options)
         provisional = _manifest(
-            config, options, artefact, meta, inputs, outputs, quantization, graph_precision
+            config,
+            options,
+            artefact,
+            meta,
+            inputs,
+            outputs,
+            quantization,
+            graph_precision,
+            max_batch,
         )
         (tmp / MANIFEST).write_text(json.dumps(provisional))
         runner = _runner(tmp, provisional, artefact.path, options.threads)
@@ -374,7 +383,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
             config.ckpt, tmp, artefact.path, data, inputs, options, config
         )
     manifest = _manifest(
-        config, options, artefact, meta, inputs, outputs, quantization, graph_precision
+        config, options, artefact, meta, inputs, outputs, quantization, graph_precision, max_batch
     )
     manifest.update(accuracy=accuracy, parity=parity, golden=_golden(tmp, config, last))
     if speed is not None:
@@ -628,14 +637,14 @@ def engine_max_batch(backend, options: BuildOptions, batch_axis: object) -> int 
     return options.max_batch
 
 
-def _manifest(config, options, artefact, meta, inputs, outputs, quantization, graph_precision):
+def _manifest(
+    config, options, artefact, meta, inputs, outputs, quantization, graph_precision, max_batch
+):
     pre = Preprocessing.from_dict(
         meta["preprocessing"] if isinstance(meta.get("preprocessing"), dict) else None
     )
     channels_known = len(inputs[0]["shape"]) == 4
     spatial_dynamic = any(isinstance(d, str) for d in inputs[0]["shape"][2:])
-    batch_axis = inputs[0]["shape"][0] if inputs[0]["shape"] else 1
-    max_batch = engine_max_batch(BACKENDS.get(config.backend)(), options, batch_axis)
     return {
         "schema_version": SCHEMA_VERSION,
         "kompakt_version": __version__,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -419,8 +419,6 @@ def fit_outputs_(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
 
 def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[str, TTConfig]:
     """Per-Linear configs with the ranks `allocate_ranks` chose for `config.ratio`."""
-    import dataclasses
-
     from kompakt.models.ranks import allocate_ranks, matrix_modes
 
     linears = {n: m for n, m in targets if isinstance(m, nn.Linear)}
@@ -450,7 +448,7 @@ def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[
     plans = {}
     for name, module in linears.items():
         in_modes, out_modes = matrix_modes(module)
-        plans[name] = dataclasses.replace(
+        plans[name] = replace(
             config, ratio=None, ranks=ranks[name], in_modes=in_modes, out_modes=out_modes
         )
     return plans

@@ -311,8 +311,6 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 
 def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    if config.schedule not in ("cosine", "step", "none"):
-        raise ConfigError(f"schedule must be 'cosine', 'step' or 'none', got {config.schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 

@@ -109,6 +109,28 @@ def _checked(ok: object, call: str) -> None:
         raise KompaktError(f"TensorRT {call} failed (see the TensorRT log above)")
 
 
+def _timing_cache(config, path: Path | None) -> tuple[object, bool]:
+    """Set the builder's timing cache, seeded from `path` when TensorRT accepts it there:
+    (the cache, whether the seed was reused). A corrupt or foreign seed is a warning."""
+    blob = path.read_bytes() if path and path.is_file() else b""
+    if blob:
+        seeded = config.create_timing_cache(blob)
+        if seeded is None:
+            warnings.warn(f"TensorRT could not read the timing cache {path}", stacklevel=3)
+        elif config.set_timing_cache(seeded, ignore_mismatch=False):
+            return seeded, True
+        else:
+            warnings.warn(
+                f"the timing cache {path} was made for another GPU or TensorRT; building "
+                "without it",
+                stacklevel=3,
+            )
+    cache = config.create_timing_cache(b"")
+    _checked(cache, "create_timing_cache")
+    _checked(config.set_timing_cache(cache, ignore_mismatch=False), "set_timing_cache")
+    return cache, False
+
+
 def build_plan(
     onnx_path: Path,
     bundle: Path,
@@ -147,22 +169,7 @@ def build_plan(
         low, opt, high = settings.profile([int(d) for d in tensor.shape])
         profile.set_shape(tensor.name, low, opt, high)
     _checked(config.add_optimization_profile(profile), "add_optimization_profile")
-    blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if cache is None and blob:  # a corrupt or foreign cache: build without it, say so
-        warnings.warn(f"TensorRT could not read the timing cache {timing_cache}", stacklevel=2)
-        cache = config.create_timing_cache(b"")
-    _checked(cache, "create_timing_cache")
-    reused = bool(blob) and config.set_timing_cache(cache, ignore_mismatch=False)
-    if not reused:
-        if blob:
-            warnings.warn(
-                f"the timing cache {timing_cache} was made for another GPU or TensorRT; "
-                "building without it",
-                stacklevel=2,
-            )
-            cache = config.create_timing_cache(b"")
-        _checked(config.set_timing_cache(cache, ignore_mismatch=False), "set_timing_cache")
+    cache, reused = _timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     _checked(serialized, "build_serialized_network")
     atomic_write(bundle / "model.plan", lambda handle: handle.write(bytes(serialized)))
@@ -172,13 +179,12 @@ def build_plan(
     inspector = engine.create_engine_inspector()
     layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     (bundle / "layers.json").write_text(layers if isinstance(layers, str) else json.dumps(layers))
-    memory = getattr(engine, "device_memory_size_v2", None)  # 10.1+; pinned, but be explicit
     return {
         **device_fingerprint(device_id),
         "precision_plan": plan,
         "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
         "timing_cache_reused": reused,
-        "device_memory_bytes": int(memory if memory is not None else engine.device_memory_size),
+        "device_memory_bytes": int(engine.device_memory_size_v2),  # 10.1+ (the pinned range)
         "profile": {
             network.get_input(i).name: [
                 list(s) for s in engine.get_tensor_profile_shape(network.get_input(i).name, 0)

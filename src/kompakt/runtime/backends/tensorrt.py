@@ -166,9 +166,9 @@ class TensorRTRunner:
 
     def device_memory(self) -> dict:
         """The engine's activation memory and the buffers this runner holds (bytes)."""
-        size = getattr(self.engine, "device_memory_size_v2", None)
-        held = sum(size for slot in self.slots for _, size in slot.buffers.values())
-        return {"engine_device_memory_bytes": size, "io_buffers_bytes": held}
+        held = sum(nbytes for slot in self.slots for _, nbytes in slot.buffers.values())
+        engine = int(self.engine.device_memory_size_v2)  # TensorRT 10.1+ (the pinned range)
+        return {"engine_device_memory_bytes": engine, "io_buffers_bytes": held}
 
     def close(self) -> None:
         for slot in self.slots:
