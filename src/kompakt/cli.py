@@ -182,6 +182,17 @@ _add_list_command(data_group, "data")
 _add_list_command(models_group, "models")
 
 
+def _key_values(ctx: click.Context, param: str, flag: str) -> dict:
+    """Repeated KEY=VALUE options as a dict (values parsed as numbers/booleans when they are)."""
+    values = {}
+    for item in ctx.params.get(param) or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        values[key] = _parse_value(value)
+    return values
+
+
 @cli.command("train")
 @click_options(TrainConfig)
 @click.option(
@@ -191,6 +202,13 @@ _add_list_command(models_group, "models")
     metavar="KEY=VALUE",
     help="Extra model builder argument (repeatable), e.g. width=0.25.",
 )
+@click.option(
+    "--prune-arg",
+    "prune_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Relevance pruning setting (repeatable), e.g. allocation=per-group, dummies=16.",
+)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
@@ -199,13 +217,11 @@ def train_command(ctx: click.Context, **_: object) -> None:
     from kompakt.train import fit
 
     config = config_from(ctx, TrainConfig, "train")
-    model_kwargs = dict(config.model_kwargs)
-    for item in ctx.params.get("model_args") or ():
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        model_kwargs[key] = _parse_value(value)
-    result = fit(dataclasses.replace(config, model_kwargs=model_kwargs))
+    model_kwargs = {**config.model_kwargs, **_key_values(ctx, "model_args", "--model-arg")}
+    prune_options = {**config.prune_options, **_key_values(ctx, "prune_args", "--prune-arg")}
+    result = fit(
+        dataclasses.replace(config, model_kwargs=model_kwargs, prune_options=prune_options)
+    )
     if ctx.params.get("as_json"):
         click.echo(json.dumps(result, indent=2))
     else:

@@ -104,6 +104,68 @@ def test_l1_drops_the_smallest_filters_and_euclidean_the_duplicates():
         euclidean_prune(model, example=x)
 
 
+@pytest.mark.parametrize("prune", [l1_prune, euclidean_prune])
+def test_criteria_prune_what_the_model_computes_and_compact_keeps_it(prune):
+    """After l1_prune / euclidean_prune the model already evaluates the pruned network (no
+    silent evaluation of the unpruned one); compact() keeps exactly those outputs; undo()
+    restores the unpruned outputs."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", 10, 1, 28).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        unpruned = model(x)
+    pruning = prune(model, ratio=0.5, example=torch.zeros(1, 1, 28, 28))
+    assert 0.45 < pruning.sparsity < 0.55
+    with torch.no_grad():
+        masked = model(x)
+    assert (masked - unpruned).abs().max() > 1e-3  # the pruned state is what users see
+    pruning.undo()
+    with torch.no_grad():
+        assert torch.equal(model(x), unpruned)
+    pruning = prune(model, ratio=0.5, example=torch.zeros(1, 1, 28, 28))
+    before = sum(p.numel() for p in model.parameters())
+    records = pruning.compact()
+    assert records and sum(p.numel() for p in model.parameters()) < before
+    with torch.no_grad():
+        assert (model(x) - masked).abs().max() < 1e-5
+
+
+def _pruned_per_group(allocation: str) -> list[float]:
+    """Sparsity of each group after a relevance run forced to 50 % on a net whose first conv's
+    filters all carry signal and whose second conv has 6 dead filters out of 8."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    config = RelevanceConfig(every=10, warmup=10, target=0.5, allocation=allocation)
+    pruner = RelevancePruner(model, config, example=torch.zeros(1, 1, 8, 8), seed=0)
+    for step in range(40):
+        pruner.before_step()
+        pruner.after_step(1.0 + 0.01 * (step % 3))
+    # relevances decided by hand: group 1's filters 2..7 are the least relevant of all
+    pruner.relevance[0][:] = torch.arange(8, 16, dtype=torch.float64)
+    pruner.relevance[1][:] = torch.tensor([20.0, 21.0, 0, 1, 2, 3, 4, 5], dtype=torch.float64)
+    groups = pruner.finish()
+    return [float((g.mask == 0).float().mean()) for g in groups]
+
+
+def test_relevance_allocation_global_or_per_group():
+    assert _pruned_per_group("global") == [0.25, 0.75]  # the dead layer gives up the most
+    assert _pruned_per_group("per-group") == [0.5, 0.5]  # like the L1 / Euclidean baselines
+    with pytest.raises(ConfigError, match="allocation"):
+        RelevanceConfig(allocation="layer")
+    with pytest.raises(ConfigError, match="unknown relevance pruning option"):
+        TrainConfig(model="lenet5", data="digits", prune="relevance", prune_options={"x": 1})
+    with pytest.raises(ConfigError, match="need --prune relevance"):
+        TrainConfig(model="lenet5", data="digits", prune_options={"dummies": 8})
+
+
 def test_relevance_removes_the_filters_known_to_be_useless():
     """Filters 4..7 are zero and frozen (their presence cannot change the loss); 0..3 carry the
     signal. The pruner must rank 0..3 as more relevant and remove exactly 4..7."""

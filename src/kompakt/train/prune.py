@@ -8,7 +8,7 @@ import torch
 
 from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from kompakt.train.pruning import compact_, euclidean_prune, l1_prune
+from kompakt.train.pruning import euclidean_prune, l1_prune
 from kompakt.train.pruning.criteria import _check_ratio
 from kompakt.train.trainer import TrainConfig, fit
 
@@ -24,11 +24,14 @@ def prune_checkpoint(
     lr: float = 0.01,
     data_root: str | None = None,
     quiet: bool = False,
+    seed: int = 0,
+    relevance_options: dict | None = None,
 ) -> dict:
     """Prune a trained checkpoint and fine-tune; writes a compact checkpoint under `out`.
 
     l1 / euclidean mask `ratio` of each group's filters, compact, then fine-tune; relevance
-    fine-tunes with the relevance pruner running until `ratio` of all filters is gone.
+    fine-tunes with the relevance pruner running until `ratio` of all filters is gone
+    (`relevance_options`: RelevanceConfig fields such as allocation or dummies).
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
@@ -41,7 +44,10 @@ def prune_checkpoint(
         "lr": lr,
         "out": out,
         "quiet": quiet,
+        "seed": seed,
     }
+    if relevance_options and method != "relevance":
+        raise ConfigError(f"relevance options do not apply to {method!r} pruning")
     if method == "relevance":
         if finetune_epochs < 1:
             raise ConfigError(
@@ -53,18 +59,19 @@ def prune_checkpoint(
                 epochs=finetune_epochs,
                 prune="relevance",
                 prune_target=ratio,
+                prune_options=dict(relevance_options or {}),
                 **common,
             )
         )
     model = model_from_checkpoint(source)
     example = torch.zeros(1, *data["input_shape"])
-    groups = (
+    pruning = (
         l1_prune(model, ratio, example=example)
         if method == "l1"
         else euclidean_prune(model, ratio=ratio, example=example)
     )
     spec = dict(source["model"])
-    spec["resized"] = compact_(model, groups)
+    spec["resized"] = pruning.compact()
     pruned = {
         **source,
         "model": spec,

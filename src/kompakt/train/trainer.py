@@ -93,6 +93,8 @@ class TrainConfig:
         None, "Filter pruning during training (relevance statistics with dummy filters)."
     )
     prune_target: float = opt(0.6, "Filter sparsity to reach with --prune (a fraction).")
+    # RelevanceConfig fields for --prune relevance; the CLI spells these --prune-arg K=V
+    prune_options: dict = opt(factory=dict, cli=False)
     stop_on_divergence: bool = opt(
         False, "Stop (instead of warning) when an epoch's train loss exceeds 100x its best."
     )
@@ -116,6 +118,14 @@ class TrainConfig:
             )
         if self.prune and self.nproc > 1:
             raise ConfigError("--prune relevance runs in one process; drop --nproc")
+        tunable = set(RelevanceConfig.__dataclass_fields__) - {"target", "total_steps"}
+        unknown = sorted(set(self.prune_options) - tunable)
+        if unknown:
+            raise ConfigError(
+                f"unknown relevance pruning option(s) {unknown}; expected some of {sorted(tunable)}"
+            )
+        if self.prune_options and not self.prune:
+            raise ConfigError("relevance pruning options need --prune relevance")
         if self.batch_size % self.nproc:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be divisible by nproc={self.nproc} (the "
@@ -417,6 +427,7 @@ RESUME_KEYS = (
     "seed",
     "prune",
     "prune_target",
+    "prune_options",
     "warmup_epochs",
     "distill",
     "distill_alpha",
@@ -496,9 +507,8 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     if config.prune == "relevance":
         steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
         every = max(10, steps // 40)  # about 30 removal tests over the run
-        relevance = RelevanceConfig(
-            target=config.prune_target, every=every, warmup=every * 3, total_steps=steps
-        )
+        settings = {"every": every, "warmup": every * 3, **config.prune_options}
+        relevance = RelevanceConfig(target=config.prune_target, total_steps=steps, **settings)
         pruner = RelevancePruner(model, relevance, example=x_train[:1], seed=config.seed)
         hooks = [_RelevanceHook(pruner), *hooks]
 

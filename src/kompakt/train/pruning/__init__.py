@@ -13,13 +13,14 @@ model reload live in `kompakt.models.resize`, the `kompakt prune` workflow in `t
 """
 
 from kompakt.models.resize import apply_resizes_, resize_records
-from kompakt.train.pruning.compact import Masker, apply_masks, compact_
+from kompakt.train.pruning.compact import MaskedPruning, Masker, apply_masks, compact_
 from kompakt.train.pruning.criteria import euclidean_prune, example_input, l1_prune
 from kompakt.train.pruning.graph import ChannelGroup, find_groups
 from kompakt.train.pruning.relevance import RelevanceConfig, RelevancePruner
 
 __all__ = [
     "ChannelGroup",
+    "MaskedPruning",
     "Masker",
     "RelevanceConfig",
     "RelevancePruner",

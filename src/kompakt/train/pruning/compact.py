@@ -47,6 +47,34 @@ def apply_masks(model: nn.Module, groups: list[ChannelGroup]) -> Masker:
     return Masker(model, groups)
 
 
+class MaskedPruning(list):
+    """What `l1_prune` / `euclidean_prune` return: the pruned channel groups (a list), with
+    their masks already hooked into the model, so from now on `model(x)` computes the pruned
+    network (what you evaluate is what `compact()` will keep).
+
+    `compact()` removes the masked filters physically (and the hooks); `undo()` removes the
+    hooks, leaving the model unpruned (the masks stay on the groups).
+    """
+
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        super().__init__(groups)
+        self.model = model
+        self.masker = apply_masks(model, groups)
+
+    def compact(self) -> list[dict]:
+        """`compact_` the model (returns its resize records) and drop the mask hooks."""
+        self.masker.remove()
+        return compact_(self.model, list(self))
+
+    def undo(self) -> None:
+        self.masker.remove()
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(g.channels for g in self)
+        return sum(int((g.mask == 0).sum()) for g in self) / max(1, total)
+
+
 def compact_(model: nn.Module, groups: list[ChannelGroup]) -> list[dict]:
     """Physically remove the masked channels of `groups` from `model`, in place.
 

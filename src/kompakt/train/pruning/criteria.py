@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kompakt.errors import ConfigError
+from kompakt.train.pruning.compact import MaskedPruning
 from kompakt.train.pruning.graph import ChannelGroup, find_groups
 
 
@@ -62,8 +63,11 @@ def l1_prune(
     ratio: float,
     layers: list[str] | None = None,
     example: torch.Tensor | None = None,
-) -> list[ChannelGroup]:
-    """Mask, per group, the `ratio` of filters with the smallest L1 norm (Li et al. 2017)."""
+) -> MaskedPruning:
+    """Mask, per group, the `ratio` of filters with the smallest L1 norm (Li et al. 2017).
+
+    The masks are hooked into `model` at once (it now computes the pruned outputs); call
+    `.compact()` on the result to remove the filters physically, `.undo()` to unprune."""
     _check_ratio(ratio)
     groups = _select(
         find_groups(model, example if example is not None else example_input(model)), layers
@@ -71,7 +75,7 @@ def l1_prune(
     for group in groups:
         alive = group.mask if group.mask is not None else torch.ones(group.channels)
         group.mask = _keep_top(_weights(model, group).abs().sum(1), ratio, alive)
-    return groups
+    return MaskedPruning(model, groups)
 
 
 def euclidean_prune(
@@ -80,9 +84,11 @@ def euclidean_prune(
     threshold: float | None = None,
     layers: list[str] | None = None,
     example: torch.Tensor | None = None,
-) -> list[ChannelGroup]:
+) -> MaskedPruning:
     """Mask one filter of each pair closer than `threshold`, or greedily drop the filter closest
-    to another until `ratio` of the group is gone (filters redundant with a neighbour go first)."""
+    to another until `ratio` of the group is gone (filters redundant with a neighbour go first).
+
+    Like `l1_prune`, the masks are hooked into `model` at once; `.compact()` / `.undo()`."""
     _check_ratio(ratio)
     if (ratio is None) == (threshold is None):
         raise ConfigError("euclidean_prune takes exactly one of ratio or threshold")
@@ -108,4 +114,4 @@ def euclidean_prune(
             victim = a if w[a].norm() <= w[b].norm() else b
             mask[victim] = 0
         group.mask = mask
-    return groups
+    return MaskedPruning(model, groups)

@@ -29,6 +29,9 @@ class RelevanceConfig:
             target * steps / (ramp * total_steps) at each test (least relevant filters first)
             when the statistical test alone removes fewer, so the target is met while the
             remaining steps can still recover the accuracy.
+        allocation: "global" ranks every live filter of every group against the others (a
+            layer can lose more than `target` of its filters); "per-group" removes at most
+            `target` of each group, as the L1 / Euclidean baselines do.
     """
 
     exclude_fraction: float = 0.25
@@ -39,6 +42,24 @@ class RelevanceConfig:
     warmup: int = 100
     total_steps: int | None = None  # when known, sparsity follows a schedule (see `test`)
     ramp: float = 0.6  # reach the target after this share of total_steps, then recover
+    allocation: str = "global"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.exclude_fraction < 1:
+            raise ConfigError(f"exclude_fraction must be in (0, 1), got {self.exclude_fraction}")
+        if not 0 < self.target < 1:
+            raise ConfigError(f"target must be in (0, 1), got {self.target}")
+        if not 0 < self.ramp <= 1:
+            raise ConfigError(f"ramp must be in (0, 1], got {self.ramp}")
+        if not 0 <= self.delta <= 1:
+            raise ConfigError(f"delta must be in [0, 1], got {self.delta}")
+        for name in ("every", "dummies"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.allocation not in ("global", "per-group"):
+            raise ConfigError(
+                f"allocation must be 'global' or 'per-group', got {self.allocation!r}"
+            )
 
 
 class RelevancePruner:
@@ -58,8 +79,6 @@ class RelevancePruner:
         seed: int = 0,
     ) -> None:
         self.config = config or RelevanceConfig()
-        if not 0 < self.config.exclude_fraction < 1:
-            raise ConfigError("exclude_fraction must be in (0, 1)")
         self.model = model
         self.groups = _select(
             find_groups(model, example if example is not None else example_input(model)), layers
@@ -150,6 +169,10 @@ class RelevancePruner:
             group = self.groups[gi]
             if int(group.mask.sum()) <= 1:
                 continue
+            if self.config.allocation == "per-group":
+                dead = group.channels - int(group.mask.sum())
+                if dead >= round(limit * group.channels):
+                    continue
             group.mask[j] = 0
             removed.append((group.name, j))
         return removed
