@@ -8,7 +8,12 @@ ranks 8 (171x fewer parameters in the replaced layers), fine-tuned by:
   teacher, no output fitting;
 - "kompakt compress": the defaults (output-aware init on 512 samples + distillation);
 - "output-aware init, no fine-tune" and "TT-SVD, no fine-tune" (0 epochs);
-- "TT from scratch": garipov-tt-conv-tt-fc trained for the same total epochs.
+- "TT from scratch": garipov-tt-conv-tt-fc trained for the same total epochs;
+- rank budgets: `kompakt compress --ratio R` (R = 10, 30, 100) after 0, 1 and 3 epochs;
+- resnet18-cifar (width 0.25) trained on mnist5k, TT-conv on its convs (`--ranks`), the
+  parameter reduction of the replaced layers stated;
+- a model defined in this file (registered as a plugin, not in the zoo), trained and
+  compressed through the Python API (`fit`, `compress_checkpoint`).
 Each fine-tuned recipe after 1 and after 3 epochs (separate runs: a 1-epoch run has its own
 schedule). Test accuracy (mnist5k test split), wall time; results/compress_trained.json.
 """
@@ -36,10 +41,50 @@ def run(cmd: list[str], cwd: Path = ROOT, env: dict | None = None) -> dict:
     return {**out, "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def register_user_model() -> str:
+    """A small CNN of the kind a user brings: not in the zoo, registered from this file."""
+    from torch import nn
+
+    from kompakt.models.registry import MODELS
+
+    name = "bench-user-cnn"
+    if name in MODELS:
+        return name
+
+    @MODELS.register(name, help="compress_trained.py's own model (two convs, two FC)")
+    class UserCNN(nn.Module):
+        def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(64 * (image_size // 4) ** 2, 512),
+                nn.ReLU(),
+                nn.Linear(512, num_classes),
+            )
+
+        def forward(self, x):
+            return self.body(x)
+
+    return name
+
+
+def in_process(fn) -> dict:
+    start = time.perf_counter()
+    out = fn()
+    return {**out, "wall_s": round(time.perf_counter() - start, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-epochs", type=int, default=6)
     parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--resnet-ranks", type=int, default=8)
     parser.add_argument("--old-commit", default="cde7069")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_compress"))
     args = parser.parse_args(argv)
@@ -212,14 +257,126 @@ def main(argv: list[str] | None = None) -> int:
             ]
         ),
     )
+    for ratio in (10, 30, 100):
+        for epochs in (0, 1, 3):
+            record(
+                f"kompakt compress --ratio {ratio}, {epochs} ep",
+                lambda r=ratio, e=epochs: run(
+                    [
+                        *kompakt,
+                        "compress",
+                        ckpt,
+                        "--ratio",
+                        str(r),
+                        "--finetune-epochs",
+                        str(e),
+                        "-o",
+                        str(work / f"ratio{r}-{e}"),
+                        "--quiet",
+                        "--json",
+                    ]
+                ),
+            )
+    resnet = work / "resnet18"
+    record(
+        "resnet18-cifar (width 0.25) dense baseline",
+        lambda: run(
+            [
+                *kompakt,
+                "train",
+                "--model",
+                "resnet18-cifar",
+                "--model-arg",
+                "width=0.25",
+                "--data",
+                "mnist5k",
+                "--epochs",
+                str(args.base_epochs),
+                "-o",
+                str(resnet),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
+    for epochs in (0, 1, 3):
+        record(
+            f"resnet18-cifar TT-conv ranks {args.resnet_ranks}, {epochs} ep",
+            lambda e=epochs: run(
+                [
+                    *kompakt,
+                    "compress",
+                    str(resnet / "best.pt"),
+                    "--ranks",
+                    str(args.resnet_ranks),
+                    "--finetune-epochs",
+                    str(e),
+                    "-o",
+                    str(work / f"resnet18-tt-{e}"),
+                    "--quiet",
+                    "--json",
+                ]
+            ),
+        )
+
+    from kompakt.train import TrainConfig, fit
+    from kompakt.train.compress import CompressConfig, compress_checkpoint
+
+    user = register_user_model()
+    user_dir = work / "user-model"
+    record(
+        "model defined in this file, dense baseline",
+        lambda: in_process(
+            lambda: fit(
+                TrainConfig(
+                    model=user,
+                    data="mnist5k",
+                    epochs=args.base_epochs,
+                    out=str(user_dir),
+                    quiet=True,
+                )
+            )
+        ),
+    )
+    for epochs in (0, 1, 3):
+        record(
+            f"model defined in this file, kompakt compress --ratio 30, {epochs} ep",
+            lambda e=epochs: in_process(
+                lambda: compress_checkpoint(
+                    str(user_dir / "best.pt"),
+                    CompressConfig(
+                        ratio=30, finetune_epochs=e, out=str(work / f"user-tt-{e}"), quiet=True
+                    ),
+                )
+            ),
+        )
+
+    def ratio_to_baseline(name: str, row: dict) -> float | None:
+        """Whole-model parameters of the dense baseline this row came from / this row's."""
+        if name.startswith("resnet18"):
+            base = rows["resnet18-cifar (width 0.25) dense baseline"]
+        elif name.startswith("model defined"):
+            base = rows["model defined in this file, dense baseline"]
+        else:
+            base = rows["dense baseline"]
+        if not row.get("params") or not base.get("params"):
+            return None
+        return round(base["params"] / row["params"], 2)
+
     out = {
         "machine": describe_machine(("onnxruntime",)),
-        "settings": {"base_epochs": args.base_epochs, "ranks": args.ranks, "data": "mnist5k"},
+        "settings": {
+            "base_epochs": args.base_epochs,
+            "ranks": args.ranks,
+            "resnet_ranks": args.resnet_ranks,
+            "data": "mnist5k",
+        },
         "rows": [
             {
                 "recipe": name,
                 "test_accuracy": (row.get("test") or {}).get("accuracy"),
                 "params": row.get("params"),
+                "model_params_ratio": ratio_to_baseline(name, row),
                 "wall_s": row.get("wall_s"),
             }
             for name, row in rows.items()
