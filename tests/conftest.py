@@ -8,6 +8,13 @@ import sys
 
 import pytest
 
+# the export cost model is calibrated once per test session, into a throwaway cache (tests
+# never write to the user's ~/.cache; subprocesses inherit it)
+if "KOMPAKT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["KOMPAKT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kompakt-test-cache-")
+
 
 def _cuda_available() -> bool:
     try:

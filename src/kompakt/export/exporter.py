@@ -40,8 +40,9 @@ from kompakt.options import opt
 from kompakt.runtime.preprocessing import Preprocessing
 
 TT_MODES = ("auto", "autotune", "factored", "dense")
+TT_PLANS = ("model", "autotune", "macs")
 SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
-LAYER_KEYS = ("name", "form", "in_modes", "out_modes", "ranks")  # per layer in the metadata
+LAYER_KEYS = ("name", "form", "in_modes", "out_modes", "ranks", "plan")  # per layer in the metadata
 REFERENCE_EVALUATOR_MAX_PARAMS = 2_000_000  # the pure-Python evaluator is slow beyond this
 
 
@@ -70,8 +71,17 @@ class ExportConfig:
     max_batch: int = opt(256, "Largest batch of the dynamic axis (and the batch auto plans for).")
     tt_mode: Literal["auto", "autotune", "factored", "dense"] = opt(
         "auto",
-        "Compressed layers: cores in the graph, dense weights, the cheaper per layer by counted "
-        "multiply-adds (auto), or the fastest per layer timed in ONNX Runtime here (autotune).",
+        "Compressed layers: cores in the graph (factored), dense weights, or per layer the "
+        "form and contraction plan that --tt-plan prices fastest (auto; autotune = "
+        "--tt-plan autotune).",
+    )
+    tt_plan: Literal["model", "autotune", "macs"] = opt(
+        "model",
+        "How auto prices forms and plans: a cost model calibrated on this machine (cached), "
+        "timing the best candidates in ONNX Runtime here (autotune), or counted multiply-adds.",
+    )
+    plan_threads: int | None = opt(
+        None, "Threads the planned-for runtime uses (default: ONNX Runtime's default)."
     )
     simplify: Literal["onnxslim", "onnxsim", "none"] = opt("onnxslim", "Graph simplifier.")
     fc_to_conv: bool = opt(False, "Head as convolutions (any image size).")
@@ -83,6 +93,12 @@ class ExportConfig:
             raise ConfigError(f"opset must be in 17..23, got {self.opset}")
         if self.tt_mode not in TT_MODES:
             raise ConfigError(f"tt_mode must be one of {TT_MODES}, got {self.tt_mode!r}")
+        if self.tt_plan not in TT_PLANS:
+            raise ConfigError(f"tt_plan must be one of {TT_PLANS}, got {self.tt_plan!r}")
+        if self.plan_threads is not None and (
+            not isinstance(self.plan_threads, int) or self.plan_threads < 1
+        ):
+            raise ConfigError(f"plan_threads must be an integer >= 1, got {self.plan_threads!r}")
         if self.simplify not in SIMPLIFIERS:
             raise ConfigError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
         batch_ok = isinstance(self.batch, int) and not isinstance(self.batch, bool)
@@ -217,42 +233,61 @@ def choose_measured(timings: dict[str, dict[int, float]], forms: tuple[str, ...]
     return min(timings, key=lambda f: (round(worst(f), 2), forms.index(f)))
 
 
+SHORTLIST = 4  # autotune times this many plans the cost model ranks best, plus the baselines
+BASELINE_FORMS = ("factored", "dense", "chain")  # always priced, timed and reported
+
+
 def apply_tt_mode(
     model: nn.Module,
     mode: str,
-    batch: int,
+    batches: int | tuple[int, ...],
     example: torch.Tensor,
     tune: Callable[[nn.Module, tuple[int, ...], tuple[str, ...]], dict] | None = None,
+    estimate: Callable[[nn.Module, tuple[int, ...], tuple[str, ...]], dict] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Fix each compressed layer's exported form; returns the model (a new root when the model
     itself is a layer made dense) and one record per layer that has a choice of forms.
 
-    Every `CompressedLayer` lists its forms (`export_forms`, e.g. TTLinear "factored" / "dense",
-    TTConv2d "factored" / "chain" / "dense") and prices them (`export_costs`); "auto" takes the
-    cheapest at the target batch, ties going to the first listed (the factored form, which
-    keeps the file small); "autotune" times every form with `tune` (ONNX Runtime on this
-    machine, several batches) and takes `choose_measured`'s pick. A mode a layer does not offer
-    leaves it as written.
+    Every `CompressedLayer` lists its forms (`export_forms`: e.g. TTLinear "factored", its
+    contraction plans "factored[2-2-2:rtl]" and "dense"; TTConv2d "factored" / "chain" /
+    "conv" / "dense") and counts their multiply-adds (`export_costs`). "auto" prices every
+    form at each of `batches` with `estimate` (the cost model calibrated on this machine,
+    seconds per batch) and takes `choose_measured`'s pick, the form never far from the
+    fastest at any batch; without `estimate`, the fewest multiply-adds at the largest batch.
+    "autotune" times, with `tune`, the forms the estimate ranks best plus "factored" and
+    "dense", and picks by the timings. Ties go to the first listed form (the small file).
     """
+    batches = (batches,) if isinstance(batches, int) else tuple(batches)
     records = []
     shapes = _input_shapes(model, example)
     for name, module in list(model.named_modules()):
         if not isinstance(module, CompressedLayer) or len(module.export_forms()) < 2:
             continue
+        if getattr(module, "_export_form_fixed", False):
+            continue  # a candidate being timed by measure_forms
         shape = shapes.get(name)
         if shape is None:
             continue  # not reached by the example input: leave it as written
-        shape = (batch, *shape[1:])
+        shape = (max(batches), *shape[1:])
         costs = module.export_costs(shape)
         forms = module.export_forms()
-        timings = None
-        if mode == "autotune" and tune is not None:
-            timings = tune(module, shape, forms)
-            form = choose_measured(timings, forms)
+        predicted = estimate(module, shape, forms) if estimate and mode != "factored" else None
+        timings, chosen_by = None, None
+        if mode in ("auto", "autotune") and predicted:
+            ranked = sorted(forms, key=lambda f: max(predicted[f].values()))
+            shortlist = [f for f in forms if f in ranked[:SHORTLIST] or f in BASELINE_FORMS]
+            form = choose_measured(predicted, forms)
+            chosen_by = "cost model calibrated on this machine (onnxruntime)"
         elif mode in ("auto", "autotune"):
+            shortlist = list(forms)
             form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
+            chosen_by = "counted multiply-adds"
         else:
             form = mode if mode in forms else forms[0]
+        if mode == "autotune" and tune is not None:
+            timings = tune(module, shape, tuple(shortlist))
+            form = choose_measured(timings, tuple(shortlist))
+            chosen_by = "measured (onnxruntime, this machine)"
         record = {
             "name": name,
             "type": type(module).__name__,
@@ -261,15 +296,28 @@ def apply_tt_mode(
             "dense_params": module.dense_params(),
             "compression": module.compression_ratio(),
             "macs": costs.get(form, 0),
-            "costs": {f: costs[f] for f in forms if f in costs},
+            "costs": {f: c for f, c in costs.items() if f in BASELINE_FORMS or f == form},
+            "candidates": len(forms),
+            "input_shape": list(shape[1:]),
             **module.export_info(),
         }
+        if chosen_by:
+            record["chosen_by"] = chosen_by
+        if predicted:
+            keep = sorted(predicted, key=lambda f: max(predicted[f].values()))[:SHORTLIST]
+            keep = set(keep) | (set(forms) & set(BASELINE_FORMS)) | {form}
+            record["predicted_ms"] = {
+                f: {str(b): round(t * 1e3, 4) for b, t in per.items()}
+                for f, per in predicted.items()
+                if f in keep
+            }
         if timings is not None:
-            record["chosen_by"] = "measured (onnxruntime, this machine)"
             record["timings_ms"] = {
                 f: {str(b): round(t * 1e3, 4) for b, t in per.items()} for f, per in timings.items()
             }
         replacement = module.export_as(form)
+        if isinstance(replacement, CompressedLayer):
+            record.update(replacement.export_info())  # with the plan the form fixed
         if replacement is not module:
             if not name:
                 model = replacement  # the bare layer itself
@@ -280,8 +328,39 @@ def apply_tt_mode(
 
 
 def tune_batches(config: ExportConfig) -> tuple[int, ...]:
-    """The batches autotune times: 1, 8 and the export's target batch."""
-    return tuple(sorted({1, min(8, config.target_batch), config.target_batch}))
+    """The batches a plan is chosen for: 1, 8, 64 and the export's target batch (at most)."""
+    target = config.target_batch
+    return tuple(sorted({b for b in (1, 8, 64) if b <= target} | {target}))
+
+
+def estimate_forms(
+    layer: nn.Module,
+    shape: tuple[int, ...],
+    forms: tuple[str, ...],
+    config: ExportConfig,
+    model=None,
+) -> dict[str, dict[int, float]] | None:
+    """Predicted seconds of each form at `tune_batches` by the cost model of this machine
+    (None when the layer does not describe its ops or ONNX Runtime is not installed)."""
+    from kompakt.export.cost_model import load_or_calibrate
+    from kompakt.runtime.backends.base import BackendUnavailable
+
+    if config.tt_plan == "macs":
+        return None
+    try:
+        model = model or load_or_calibrate(config.plan_threads)
+    except BackendUnavailable:
+        return None
+    out: dict[str, dict[int, float]] = {}
+    for form in forms:
+        per = {}
+        for batch in tune_batches(config):
+            ops = layer.export_ops((batch, *shape[1:]), form)
+            if ops is None:
+                return None
+            per[batch] = model.predict(ops)
+        out[form] = per
+    return out
 
 
 def measure_forms(
@@ -298,14 +377,16 @@ def measure_forms(
 
     ort = require("onnxruntime", "cpu", "export --tt-mode autotune")
     sessions = {}
+    single = ExportConfig(opset=config.opset, check=False, simplify=config.simplify)
     with tempfile.TemporaryDirectory() as tmp:
-        for form in forms:
-            path = Path(tmp) / f"{form}.onnx"
-            single = ExportConfig(
-                opset=config.opset, tt_mode=form, check=False, simplify=config.simplify
-            )
-            export_onnx(layer, path, single, torch.randn(2, *shape[1:]))
+        for i, form in enumerate(forms):
+            path = Path(tmp) / f"{i}.onnx"
+            candidate = copy.deepcopy(layer).export_as(form)
+            candidate._export_form_fixed = True  # apply_tt_mode leaves it as this form
+            export_onnx(candidate, path, single, torch.randn(2, *shape[1:]))
             options = ort.SessionOptions()
+            if config.plan_threads:
+                options.intra_op_num_threads = config.plan_threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.log_severity_level = 3
             sessions[form] = ort.InferenceSession(
@@ -551,10 +632,15 @@ def export_onnx(
         model = fc_to_conv(model, shape)
     # the traced example: batch 2 for a dynamic axis (batch 1 would specialise), else the batch
     example = _batch_of(samples, 2 if config.batch == "dynamic" else config.batch)
-    tune = (
-        (lambda m, s, f: measure_forms(m, s, f, config)) if config.tt_mode == "autotune" else None
+    autotune = config.tt_mode == "autotune" or config.tt_plan == "autotune"
+    model, layers = apply_tt_mode(
+        model,
+        "autotune" if autotune else config.tt_mode,
+        tune_batches(config),
+        example[:1],
+        tune=(lambda m, s, f: measure_forms(m, s, f, config)) if autotune else None,
+        estimate=lambda m, s, f: estimate_forms(m, s, f, config),
     )
-    model, layers = apply_tt_mode(model, config.tt_mode, config.target_batch, example[:1], tune)
     fold_limit = _fold_limit(model)
 
     with torch.no_grad():

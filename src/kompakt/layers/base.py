@@ -83,6 +83,13 @@ class CompressedLayer(nn.Module, metaclass=ABCMeta):
         """Multiply-adds per export form for an input of `input_shape` (used by tt_mode=auto)."""
         return {"factored": self.macs(input_shape)}
 
+    def export_ops(self, input_shape: tuple[int, ...], form: str) -> list[tuple] | None:
+        """The heavy ops `form` runs, for the export cost model calibrated on the machine
+        (kompakt.export.cost_model): ("gemm", count, m, k, n) = `count` (m x k)(k x n)
+        products; ("conv", n, c, h, w, s, groups, kh, kw, ho, wo); ("copy", elements) = a
+        Transpose. None: not described (the planner then goes by `export_costs`)."""
+        return None
+
     def export_as(self, form: str) -> nn.Module:
         """The module to put in the graph for `form` ("dense": the dense twin)."""
         if form not in self.export_forms():

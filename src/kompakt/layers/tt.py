@@ -465,3 +465,119 @@ def export_info(layer) -> dict:
         "out_modes": list(layer.out_modes),
         "ranks": list(layer.ranks),
     }
+
+
+# -- contraction plans -------------------------------------------------------------------------
+#
+# A plan lowers y = x W^T for a TT-matrix W to ONNX: which adjacent cores are merged into one
+# (offline, in-graph from the stored cores: more multiply-adds, fewer and larger GEMMs) and from
+# which end the train is contracted. The export planner prices every plan with a cost model
+# calibrated on the export machine (kompakt.export.cost_model) or times the best ones.
+
+Plan = tuple[tuple[int, ...], str]  # (group sizes, direction)
+
+
+def compositions(d: int) -> list[tuple[int, ...]]:
+    """Every way to split d cores into runs of adjacent cores (2^(d-1) of them)."""
+    if d == 0:
+        return [()]
+    return [(first, *rest) for first in range(1, d + 1) for rest in compositions(d - first)]
+
+
+def merge_cores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two adjacent TT-matrix cores as one: (r0, n1, m1, r1) x (r1, n2, m2, r2) ->
+    (r0, n1 n2, m1 m2, r2), row-major multi-indices as in the rest of this module."""
+    r0, n1, m1, _ = a.shape
+    _, n2, m2, r2 = b.shape
+    joined = (a.reshape(r0 * n1 * m1, -1) @ b.reshape(b.shape[0], -1)).reshape(
+        r0, n1, m1, n2, m2, r2
+    )
+    return joined.permute(0, 1, 3, 2, 4, 5).reshape(r0, n1 * n2, m1 * m2, r2)
+
+
+def group_cores(cores: Sequence[torch.Tensor], groups: Sequence[int]) -> list[torch.Tensor]:
+    """The cores with each run of `groups` merged (groups of 1 leave a core as it is)."""
+    if sum(groups) != len(cores) or min(groups, default=1) < 1:
+        raise ConfigError(f"groups {tuple(groups)} do not split {len(cores)} cores")
+    merged, start = [], 0
+    for size in groups:
+        core = cores[start]
+        for k in range(start + 1, start + size):
+            core = merge_cores(core, cores[k])
+        merged.append(core)
+        start += size
+    return merged
+
+
+def grouped_train(
+    in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], groups: Sequence[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """Modes and ranks of the train after `group_cores`."""
+    n, m, r, start = [], [], [ranks[0]], 0
+    for size in groups:
+        n.append(math.prod(in_modes[start : start + size]))
+        m.append(math.prod(out_modes[start : start + size]))
+        start += size
+        r.append(ranks[start])
+    return n, m, r
+
+
+def matvec_gemms(
+    in_modes: Sequence[int],
+    out_modes: Sequence[int],
+    ranks: Sequence[int],
+    batch: int,
+    direction: str,
+) -> list[tuple[int, int, int, int]]:
+    """The GEMMs `tt_matvec` runs, as (count, m, k, n): `count` independent (m x k)(k x n)
+    products per step (the batched MatMul of a transpose-free step; 1 for a plain 2-D one)."""
+    d = len(in_modes)
+    steps = []
+    for k in range(d) if direction == "ltr" else reversed(range(d)):
+        n_k, m_k, r_in, r_out = in_modes[k], out_modes[k], ranks[k], ranks[k + 1]
+        if direction == "ltr":
+            lead, q, inner, outer = (
+                math.prod(out_modes[:k]),
+                math.prod(in_modes[k + 1 :]),
+                r_in * n_k,
+                m_k * r_out,
+            )
+        else:
+            lead, q, inner, outer = (
+                math.prod(in_modes[:k]),
+                math.prod(out_modes[k + 1 :]),
+                n_k * r_out,
+                r_in * m_k,
+            )
+        if q == 1:
+            steps.append((1, batch * lead, inner, outer))
+        else:
+            steps.append((batch * lead, outer, inner, q))
+    return steps
+
+
+def plan_name(plan: Plan) -> str:
+    groups, direction = plan
+    return f"factored[{'-'.join(map(str, groups))}:{direction}]"
+
+
+def parse_plan(form: str) -> Plan | None:
+    """'factored[2-2-2:rtl]' -> ((2, 2, 2), 'rtl'); None for any other form name."""
+    if not (form.startswith("factored[") and form.endswith("]")):
+        return None
+    groups, _, direction = form[len("factored[") : -1].partition(":")
+    return tuple(int(g) for g in groups.split("-")), direction
+
+
+def merge_macs(
+    in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], groups: Sequence[int]
+) -> int:
+    """Multiply-adds of merging the cores (constant work: runtimes fold it once at load)."""
+    total, start = 0, 0
+    for size in groups:
+        left = in_modes[start] * out_modes[start] * ranks[start]
+        for k in range(start + 1, start + size):
+            total += left * ranks[k] * in_modes[k] * out_modes[k] * ranks[k + 1]
+            left *= in_modes[k] * out_modes[k]
+        start += size
+    return total

@@ -15,7 +15,7 @@ from kompakt.layers.base import CompressedLayer
 from kompakt.layers.registry import LAYERS
 
 VARIANTS = ("tt", "naive")
-FORWARD_MODES = ("auto", "factored", "dense")
+FORWARD_MODES = ("auto", "factored", "separable", "dense")
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -78,7 +78,7 @@ class TTConv2d(CompressedLayer):
             raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if forward_mode not in FORWARD_MODES:
             raise ConfigError(f"forward_mode must be one of {FORWARD_MODES}, got {forward_mode!r}")
-        if variant == "naive" and forward_mode == "factored":
+        if variant == "naive" and forward_mode in ("factored", "separable"):
             raise ConfigError("the naive variant only has the 'dense' (rebuild) forward")
         if variant == "naive" and (in_modes is not None or out_modes is not None):
             raise ConfigError("the naive variant has no channel modes; drop in_modes/out_modes")
@@ -180,6 +180,26 @@ class TTConv2d(CompressedLayer):
         y = y.reshape(-1, ho, wo, self.out_channels).permute(0, 3, 1, 2)
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
 
+    def channel_matrix(self) -> torch.Tensor:
+        """The channel cores contracted: (S, r1, C), the kernel being
+        K[s, c, y, x] = sum_a spatial[y, x, a] * H[s, a, c] (tt variant)."""
+        r1 = self.ranks[1]
+        first = self.cores[1]
+        chain = [first.reshape(1, r1 * first.shape[1], first.shape[2], first.shape[3])]
+        chain += list(self.cores[2:])
+        return tt.tt_matrix_to_dense(chain).reshape(self.out_channels, r1, self.in_channels)
+
+    def _forward_separable(self, x: torch.Tensor) -> torch.Tensor:
+        """Two standard convolutions: each input channel through the r1 spatial filters (a
+        grouped conv, C -> C*r1 channels), then a 1x1 conv with the channel matrix. Cheaper
+        than the dense conv when r1 * (kh*kw + S) < kh*kw * S."""
+        kh, kw = self.kernel_size
+        r1, c = self.ranks[1], self.in_channels
+        spatial = self.cores[0].reshape(kh * kw, r1).t().reshape(r1, 1, kh, kw).repeat(c, 1, 1, 1)
+        z = F.conv2d(x, spatial, None, self.stride, self.padding, self.dilation, groups=c)
+        mix = self.channel_matrix().permute(0, 2, 1).reshape(self.out_channels, c * r1, 1, 1)
+        return F.conv2d(z, mix, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(
@@ -190,6 +210,8 @@ class TTConv2d(CompressedLayer):
             mode = self.choose_forward(x.shape[0], x.shape[2], x.shape[3])
         if mode == "factored":
             return self._forward_factored(x)
+        if mode == "separable":
+            return self._forward_separable(x)
         return self._conv(x, self.kernel())
 
     # -- cost model --------------------------------------------------------------------------
@@ -364,8 +386,35 @@ class TTConv2d(CompressedLayer):
 
     def export_forms(self) -> tuple[str, ...]:
         # factored: the kernel is rebuilt in-graph from the cores and fed to one Conv (the file
-        # keeps only the cores); chain: spatial conv + per-pixel core chain; dense: a plain Conv
-        return ("factored", "chain", "dense") if self.variant == "tt" else ("factored", "dense")
+        # keeps only the cores); chain: spatial conv + per-pixel core chain; separable: grouped
+        # spatial conv + 1x1 conv (`_forward_separable`); dense: a plain Conv
+        if self.variant == "tt":
+            return ("factored", "dense", "chain", "separable")
+        return ("factored", "dense")
+
+    def export_ops(self, input_shape: tuple[int, ...], form: str) -> list[tuple]:
+        b, c, h, w = input_shape
+        ho, wo = self.output_hw(h, w)
+        kh, kw = self.kernel_size
+        s = self.out_channels
+        if form in ("factored", "dense"):
+            return [("conv", b, c, h, w, s, 1, kh, kw, ho, wo)]
+        r1 = self.ranks[1]
+        if form == "separable":
+            return [
+                ("conv", b, c, h, w, c * r1, c, kh, kw, ho, wo),
+                ("conv", b, c * r1, ho, wo, s, 1, 1, 1, ho, wo),
+            ]
+        in_modes = (r1 * self.in_modes[0], *self.in_modes[1:])
+        ranks = (1, *self.ranks[2:])
+        direction = tt.plan_direction(in_modes, self.out_modes, ranks)
+        gemms = tt.matvec_gemms(in_modes, self.out_modes, ranks, b * ho * wo, direction)
+        return [
+            ("conv", b * c, 1, h, w, r1, 1, kh, kw, ho, wo),
+            ("copy", b * c * r1 * ho * wo),
+            *(("gemm", *g) for g in gemms),
+            ("copy", b * s * ho * wo),
+        ]
 
     def export_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
         batch, _, height, width = input_shape
@@ -375,6 +424,10 @@ class TTConv2d(CompressedLayer):
         costs = {"factored": conv, "dense": conv}
         if self.variant == "tt":
             costs["chain"] = self.costs(batch, height, width)["factored"]
+            r1, positions = self.ranks[1], self.kernel_size[0] * self.kernel_size[1]
+            costs["separable"] = (
+                batch * ho * wo * self.in_channels * r1 * (positions + self.out_channels)
+            )
         return costs
 
     def export_as(self, form: str) -> nn.Module:
@@ -382,14 +435,19 @@ class TTConv2d(CompressedLayer):
             return self.to_dense()
         if form not in self.export_forms():
             raise ValueError(f"TTConv2d has no export form {form!r}")
-        self.forward_mode = "factored" if form == "chain" else "dense"
+        self.forward_mode = {"chain": "factored", "separable": "separable"}.get(form, "dense")
         return self
 
     def export_info(self) -> dict:
         return tt.export_info(self)
 
     def export_constants(self) -> tuple[int, int | None]:
-        rebuilt = self.dense_params() if self.forward_mode != "factored" else None
+        rebuilt = None
+        if self.forward_mode == "dense":
+            rebuilt = self.dense_params()
+        elif self.forward_mode == "separable":  # the repeated spatial filters, the 1x1 kernel
+            kh, kw = self.kernel_size
+            rebuilt = self.in_channels * self.ranks[1] * min(kh * kw, self.out_channels)
         return max(c.numel() for c in self.cores), rebuilt
 
     def extra_repr(self) -> str:

@@ -64,6 +64,7 @@ class TTLinear(CompressedLayer):
         )
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.direction = tt.plan_direction(self.in_modes, self.out_modes, self.ranks)
+        self.plan: tt.Plan | None = None  # an export plan (merged cores, direction); see tt.py
         self.reset_parameters()
 
     @property
@@ -92,7 +93,11 @@ class TTLinear(CompressedLayer):
             raise ShapeError(
                 f"TTLinear expected input (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        y = tt.tt_matvec(x, list(self.cores), self.direction)
+        if self.plan is None:
+            y = tt.tt_matvec(x, list(self.cores), self.direction)
+        else:
+            groups, direction = self.plan
+            y = tt.tt_matvec(x, tt.group_cores(list(self.cores), groups), direction)
         return y if self.bias is None else y + self.bias
 
     # -- conversions -------------------------------------------------------------------------
@@ -197,21 +202,68 @@ class TTLinear(CompressedLayer):
     def macs(self, input_shape: tuple[int, ...]) -> int:
         return self.flops(math.prod(input_shape[:-1]))
 
+    def plans(self) -> list[tt.Plan]:
+        """Every lowering of the chain: runs of merged cores x contraction direction."""
+        d = len(self.cores)
+        directions = {1: ("ltr",)}  # one merged core is one GEMM either way
+        return [
+            (g, dr) for g in tt.compositions(d) for dr in directions.get(len(g), ("ltr", "rtl"))
+        ]
+
     def export_forms(self) -> tuple[str, ...]:
-        return ("factored", "dense")
+        # factored: core by core, direction by multiply-adds; factored[...]: a contraction plan
+        # (see tt.py; factored[d:ltr] rebuilds the whole weight at load: dense speed, small
+        # file); dense: the materialised weight stored in the file. Ties go to the first
+        # listed, so the smaller file comes first (cores are larger than W at full rank)
+        plans = tuple(tt.plan_name(p) for p in self.plans())
+        if self.core_params() < self.dense_params():
+            return ("factored", *plans, "dense")
+        return ("factored", "dense", *plans)
+
+    def _train(self, form: str) -> tuple[list[int], list[int], list[int], str]:
+        plan = tt.parse_plan(form)
+        if plan is None:
+            return list(self.in_modes), list(self.out_modes), list(self.ranks), self.direction
+        return (*tt.grouped_train(self.in_modes, self.out_modes, self.ranks, plan[0]), plan[1])
+
+    def export_ops(self, input_shape: tuple[int, ...], form: str) -> list[tuple]:
+        rows = math.prod(input_shape[:-1])
+        if form == "dense":
+            return [("gemm", 1, rows, self.in_features, self.out_features)]
+        n, m, r, direction = self._train(form)
+        return [("gemm", *g) for g in tt.matvec_gemms(n, m, r, rows, direction)]
 
     def export_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
         rows = math.prod(input_shape[:-1])
-        return {
-            "factored": self.flops(rows),
-            "dense": rows * (self.dense_params() + self.out_features),
-        }
+        bias = rows * self.out_features if self.bias is not None else 0
+        costs = {"dense": rows * self.dense_params() + bias}
+        for form in self.export_forms():
+            if form != "dense":
+                n, m, r, direction = self._train(form)
+                costs[form] = tt.tt_matvec_macs(n, m, r, rows, direction) + bias
+        return costs
+
+    def export_as(self, form: str) -> nn.Module:
+        if form == "dense":
+            return self.to_dense()
+        if form not in self.export_forms():
+            raise ValueError(f"TTLinear has no export form {form!r}")
+        self.plan = tt.parse_plan(form)
+        return self
 
     def export_info(self) -> dict:
-        return tt.export_info(self)
+        info = tt.export_info(self)
+        if self.plan is not None:
+            info["plan"] = tt.plan_name(self.plan)
+        return info
 
     def export_constants(self) -> tuple[int, int | None]:
-        return max(c.numel() for c in self.cores), None
+        merged = None
+        if self.plan is not None:  # merged cores are rebuilt at load, not stored
+            n, m, r = tt.grouped_train(self.in_modes, self.out_modes, self.ranks, self.plan[0])
+            sizes = [r[k] * n[k] * m[k] * r[k + 1] for k, g in enumerate(self.plan[0]) if g > 1]
+            merged = min(sizes, default=None)
+        return max(c.numel() for c in self.cores), merged
 
     def extra_repr(self) -> str:
         return (
