@@ -2,12 +2,17 @@
 
 In one process: ONNX Runtime CPU EP, 2 intra-op threads, spinning off, median of >= 50 runs
 after warm-up, models of one case timed interleaved (A B C A B C ...).
-- TT-linear 25088->4096 (rank 4, Novikov's modes) and 8192->1536 (ranks 8 and 40): kompakt
-  `factored`, kompakt `auto` (planned for each batch), dense nn.Linear, tltorch
-  FactorizedLinear('blocktt', same modes and ranks) in its 'factorized' and 'reconstructed'
-  implementations, batches 1, 8, 64, 256.
-- TT-conv 3x3 (128->128, 64->64 at 16x16 and 32x32): kompakt `factored` (kernel rebuilt
-  in-graph from the cores) vs `dense` (materialised) vs a plain nn.Conv2d: latency and file size.
+- TT-linear 25088->4096 (rank 4, Novikov's modes) and 8192->1536 (ranks 8 and 40): kompakt's
+  default export (`auto`: one plan for batches 1..256, priced by the cost model calibrated
+  here), `--tt-plan autotune`, the core-by-core chain (`factored`, the old default), dense
+  nn.Linear, tltorch FactorizedLinear('blocktt', same modes and ranks) 'factorized' and
+  'reconstructed', batches 1, 8, 64, 256; plus a census of every export form (all core
+  groupings x directions, fewer runs) to say how far `auto` is from the fastest form.
+- TT-conv 3x3 (128->128 and 64->64, ranks 8/4/2): every form (kernel rebuilt in-graph, the
+  per-pixel chain, grouped spatial + 1x1 "separable", dense), the default `auto`, and a plain
+  nn.Conv2d: latency and file size.
+- Whole models: garipov-tt-conv-tt-fc and garipov-conv-tt-fc vs garipov-conv-fc at 28x28, default
+  export, batch 1 and 32.
 
 Run: python benchmarks/export_tt.py [--runs 50] [--batches 1,8,64,256]   (tltorch: pip install
 'kompakt[bench]'; without it the peer columns say so). Writes benchmarks/results/export_tt.json.
@@ -16,8 +21,10 @@ Run: python benchmarks/export_tt.py [--runs 50] [--batches 1,8,64,256]   (tltorc
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +42,12 @@ LINEAR_CASES = [
     ("8192->1536 r8", 8192, 1536, (8, 8, 8, 16), (8, 8, 6, 4), 8),
     ("8192->1536 r40", 8192, 1536, (8, 8, 8, 16), (8, 8, 6, 4), 40),
 ]
-CONV_CASES = [(128, 16), (128, 32), (64, 16), (64, 32)]  # (channels, spatial size)
+# (channels, spatial size, rank cap)
+CONV_CASES = [(128, 32, 8), (128, 32, 4), (128, 32, 2), (128, 16, 8), (64, 32, 8), (64, 32, 2)]
+MODEL_PAIRS = [
+    ("garipov-tt-conv-tt-fc", "garipov-conv-fc"),
+    ("garipov-conv-tt-fc", "garipov-conv-fc"),
+]
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -89,6 +101,38 @@ def tltorch_layers(case) -> dict[str, nn.Module] | str:
     return layers
 
 
+def export_form(layer: nn.Module, form: str, path: Path, example: torch.Tensor) -> str:
+    """One export form of a TT layer, fixed (the planner does not re-decide it)."""
+    candidate = copy.deepcopy(layer).export_as(form)
+    candidate._export_form_fixed = True
+    return export_onnx(candidate, path, ExportConfig(check=False), example).path
+
+
+def sweep_forms(layer: nn.Module, example: torch.Tensor, batches, args, work: Path) -> dict:
+    """Median ms of every export form of `layer` at each batch (fewer runs: a census)."""
+    sessions = {}
+    for i, form in enumerate(layer.export_forms()):
+        path = export_form(layer, form, work / f"form{i}.onnx", example)
+        sessions[form] = session(Path(path), args.threads)
+    out: dict[str, dict[int, float]] = {form: {} for form in sessions}
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:]))
+        med = time_interleaved(sessions, x.astype(np.float32), args.sweep_runs, 2)
+        for form, seconds in med.items():
+            out[form][batch] = round(seconds * 1e3, 4)
+    return out
+
+
+def planned(layer: nn.Module, example: torch.Tensor, work: Path, name: str, **config) -> dict:
+    start = time.perf_counter()
+    report = export_onnx(layer, work / f"{name}.onnx", ExportConfig(**config), example)
+    return {
+        "path": report.path,
+        "form": report.layers[0]["form"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def bench_linear(args, work: Path) -> list[dict]:
     rows = []
     for case in tqdm(LINEAR_CASES, desc="tt-linear"):
@@ -96,13 +140,17 @@ def bench_linear(args, work: Path) -> list[dict]:
         torch.manual_seed(0)
         tt = TTLinear(n_in, n_out, in_modes, out_modes, ranks=rank).eval()
         example = torch.randn(2, n_in)
+        # the product's defaults plan for batches 1..256 once (cost model calibrated here);
+        # autotune times the cost model's shortlist in ONNX Runtime
+        auto = planned(tt, example, work, "auto")
+        tuned = planned(tt, example, work, "autotune", tt_plan="autotune")
         paths = {
             "dense": export_onnx(
                 nn.Linear(n_in, n_out).eval(), work / "dense.onnx", ExportConfig(), example
             ).path,
-            "kompakt-factored": export_onnx(
-                tt, work / "tt.onnx", ExportConfig(tt_mode="factored"), example
-            ).path,
+            "kompakt-factored": export_form(tt, "factored", work / "tt.onnx", example),
+            "kompakt-auto": auto["path"],
+            "kompakt-autotune": tuned["path"],
         }
         peers = tltorch_layers(case)
         peer_note = peers if isinstance(peers, str) else None
@@ -111,32 +159,41 @@ def bench_linear(args, work: Path) -> list[dict]:
                 paths[peer] = str(export_plain(layer, example, work / f"{peer}.onnx"))
             except Exception as error:  # report, do not crash the suite
                 peer_note = f"{peer} export failed: {str(error).splitlines()[0]}"
+        sessions = {k: session(Path(p), args.threads) for k, p in paths.items()}
+        census = sweep_forms(tt, example, args.batches, args, work) if args.sweep_runs else {}
         for batch in args.batches:
-            auto = export_onnx(
-                tt,
-                work / f"auto{batch}.onnx",
-                ExportConfig(tt_mode="auto", max_batch=max(batch, 2)),
-                example,
-            )
-            sessions = {k: session(Path(p), args.threads) for k, p in paths.items()}
-            sessions["kompakt-auto"] = session(Path(auto.path), args.threads)
             x = np.random.default_rng(0).standard_normal((batch, n_in)).astype(np.float32)
-            runs = args.runs if batch < 256 or n_in < 20000 else max(50, args.runs // 2)
+            runs = args.runs if batch < 256 or n_in < 20000 else max(30, args.runs // 2)
             med = time_interleaved(sessions, x, runs, args.warmup)
             row = {
                 "case": name,
                 "batch": batch,
                 "runs": runs,
-                "auto_form": auto.layers[0]["form"],
+                "auto_form": auto["form"],
+                "autotune_form": tuned["form"],
+                "export_s": {"auto": auto["seconds"], "autotune": tuned["seconds"]},
                 "ms": {k: round(v * 1e3, 4) for k, v in med.items()},
                 "file_kib": {k: round(Path(p).stat().st_size / 1024, 1) for k, p in paths.items()},
                 "speedup_vs_dense": {k: round(med["dense"] / v, 2) for k, v in med.items()},
                 "macs_ratio": round(n_in * n_out * batch / (tt.flops(batch) - batch * n_out), 2),
                 "peer_note": peer_note,
             }
+            if census:
+                fastest = min(census, key=lambda f, b=batch: census[f][b])
+                row["census"] = {
+                    "forms": len(census),
+                    "fastest": fastest,
+                    "fastest_ms": census[fastest][batch],
+                    "auto_over_fastest": round(
+                        census[auto["form"]][batch] / census[fastest][batch], 3
+                    ),
+                    "autotune_over_fastest": round(
+                        census[tuned["form"]][batch] / census[fastest][batch], 3
+                    ),
+                }
             if "tltorch-factorized" in med:
                 row["kompakt_vs_tltorch"] = {
-                    k: round(med[k] / med["kompakt-factored"], 2)
+                    k: round(med[k] / med["kompakt-auto"], 2)
                     for k in ("tltorch-factorized", "tltorch-reconstructed")
                     if k in med
                 }
@@ -146,32 +203,70 @@ def bench_linear(args, work: Path) -> list[dict]:
 
 def bench_conv(args, work: Path) -> list[dict]:
     rows = []
-    for channels, size in tqdm(CONV_CASES, desc="tt-conv"):
+    for channels, size, rank in tqdm(CONV_CASES, desc="tt-conv"):
         torch.manual_seed(0)
-        tt = TTConv2d(channels, channels, 3, padding=1, ranks=8).eval()
+        tt = TTConv2d(channels, channels, 3, padding=1, ranks=rank).eval()
         plain = nn.Conv2d(channels, channels, 3, padding=1).eval()
         example = torch.randn(2, channels, size, size)
+        auto = planned(tt, example, work, "cauto")
         paths = {
-            "factored": export_onnx(
-                tt, work / "cf.onnx", ExportConfig(tt_mode="factored"), example
-            ).path,
-            "dense": export_onnx(tt, work / "cd.onnx", ExportConfig(tt_mode="dense"), example).path,
-            "nn.Conv2d": export_onnx(plain, work / "cp.onnx", ExportConfig(), example).path,
+            form: export_form(tt, form, work / f"c-{form}.onnx", example)
+            for form in tt.export_forms()
         }
+        paths["nn.Conv2d"] = export_onnx(plain, work / "cp.onnx", ExportConfig(), example).path
+        paths["auto"] = auto["path"]
         sessions = {k: session(Path(p), args.threads) for k, p in paths.items()}
-        for batch in (1, 8):
+        for batch in (1, 8, 64):
             x = np.random.default_rng(0).standard_normal((batch, channels, size, size))
             med = time_interleaved(sessions, x.astype(np.float32), args.runs, args.warmup)
             kib = {k: round(Path(p).stat().st_size / 1024, 1) for k, p in paths.items()}
+            forms = [f for f in tt.export_forms()]
+            fastest = min(forms, key=lambda f, med=med: med[f])
             rows.append(
                 {
-                    "case": f"3x3 {channels}->{channels} @{size}x{size}",
+                    "case": f"3x3 {channels}->{channels} @{size}x{size} r{rank}",
                     "batch": batch,
                     "ranks": list(tt.ranks),
+                    "auto_form": auto["form"],
                     "ms": {k: round(v * 1e3, 4) for k, v in med.items()},
                     "file_kib": kib,
-                    "factored_latency_vs_dense": round(med["factored"] / med["dense"], 3),
-                    "file_ratio_dense_over_factored": round(kib["dense"] / kib["factored"], 2),
+                    "auto_speedup_vs_conv": round(med["nn.Conv2d"] / med["auto"], 3),
+                    "fastest_form": fastest,
+                    "auto_over_fastest": round(med["auto"] / med[fastest], 3),
+                    "file_ratio_conv_over_auto": round(kib["nn.Conv2d"] / kib["auto"], 2),
+                }
+            )
+    return rows
+
+
+def bench_models(args, work: Path) -> list[dict]:
+    """Whole zoo models, TT vs dense twin, exported with the defaults (untrained weights:
+    latency and size do not depend on their values; accuracy is in the training benchmark)."""
+    from kompakt.models import build_model
+
+    rows = []
+    for compressed, dense in MODEL_PAIRS:
+        torch.manual_seed(0)
+        example = torch.randn(2, 1, 28, 28)
+        reports = {}
+        for name in (dense, compressed):
+            model = build_model(name, 10, 1, 28).eval()
+            reports[name] = export_onnx(model, work / f"{name}.onnx", ExportConfig(), example)
+        sessions = {k: session(Path(r.path), args.threads) for k, r in reports.items()}
+        for batch in (1, 32):
+            x = np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+            med = time_interleaved(sessions, x, args.runs * 2, args.warmup)
+            rows.append(
+                {
+                    "compressed": compressed,
+                    "dense": dense,
+                    "batch": batch,
+                    "ms": {k: round(v * 1e3, 4) for k, v in med.items()},
+                    "speedup": round(med[dense] / med[compressed], 2),
+                    "file_ratio": round(
+                        reports[dense].file_bytes / reports[compressed].file_bytes, 1
+                    ),
+                    "forms": {r["name"]: r["form"] for r in reports[compressed].layers},
                 }
             )
     return rows
@@ -183,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="1,8,64,256")
+    parser.add_argument("--sweep-runs", type=int, default=10, help="0: skip the form census")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "export_tt.json"))
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -190,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         linear = bench_linear(args, Path(tmp))
         conv = bench_conv(args, Path(tmp))
+        models = bench_models(args, Path(tmp))
     result = save_results(
         args.out,
         "export_tt",
@@ -203,33 +300,42 @@ def main(argv: list[str] | None = None) -> int:
         },
         linear=linear,
         conv=conv,
+        models=models,
     )
     out = args.out
 
     print(
-        f"{'TT-linear':<16} {'batch':>5} {'dense ms':>9} {'fact ms':>8} {'auto':>10} "
-        f"{'fact x':>7} {'auto x':>7} {'vs tl-f':>8} {'vs tl-r':>8} {'MAC x':>7}"
+        f"{'TT-linear':<16} {'batch':>5} {'dense ms':>9} {'auto ms':>8} {'auto':>22} "
+        f"{'auto x':>7} {'tune x':>7} {'chain x':>7} {'vs tl-f':>8} {'/fastest':>8} {'MAC x':>6}"
     )
     for r in linear:
         ms, sp, peer = r["ms"], r["speedup_vs_dense"], r.get("kompakt_vs_tltorch", {})
+        census = r.get("census", {})
         print(
-            f"{r['case']:<16} {r['batch']:>5} {ms['dense']:>9.3f} {ms['kompakt-factored']:>8.3f} "
-            f"{r['auto_form']:>10} {sp['kompakt-factored']:>6.2f}x {sp['kompakt-auto']:>6.2f}x "
+            f"{r['case']:<16} {r['batch']:>5} {ms['dense']:>9.3f} {ms['kompakt-auto']:>8.3f} "
+            f"{r['auto_form']:>22} {sp['kompakt-auto']:>6.2f}x {sp['kompakt-autotune']:>6.2f}x "
+            f"{sp['kompakt-factored']:>6.2f}x "
             f"{peer.get('tltorch-factorized', float('nan')):>7.2f}x "
-            f"{peer.get('tltorch-reconstructed', float('nan')):>7.2f}x {r['macs_ratio']:>6.1f}x"
+            f"{census.get('auto_over_fastest', float('nan')):>8.3f} {r['macs_ratio']:>5.1f}x"
         )
     if linear and linear[0]["peer_note"]:
         print(f"peer: {linear[0]['peer_note']}")
     print(
-        f"\n{'TT-conv':<24} {'batch':>5} {'fact ms':>8} {'dense ms':>9} {'conv ms':>8} "
-        f"{'fact/dense':>10} {'KiB fact':>9} {'KiB dense':>9}"
+        f"\n{'TT-conv':<28} {'batch':>5} {'auto':>10} {'auto ms':>8} {'conv ms':>8} "
+        f"{'x conv':>7} {'/fastest':>8} {'KiB ratio':>9}"
     )
     for r in conv:
-        ms, kib = r["ms"], r["file_kib"]
+        ms = r["ms"]
         print(
-            f"{r['case']:<24} {r['batch']:>5} {ms['factored']:>8.3f} {ms['dense']:>9.3f} "
-            f"{ms['nn.Conv2d']:>8.3f} {r['factored_latency_vs_dense']:>10.3f} "
-            f"{kib['factored']:>9.1f} {kib['dense']:>9.1f}"
+            f"{r['case']:<28} {r['batch']:>5} {r['auto_form']:>10} {ms['auto']:>8.3f} "
+            f"{ms['nn.Conv2d']:>8.3f} {r['auto_speedup_vs_conv']:>6.2f}x "
+            f"{r['auto_over_fastest']:>8.3f} {r['file_ratio_conv_over_auto']:>9.1f}"
+        )
+    print()
+    for r in models:
+        print(
+            f"{r['compressed']} vs {r['dense']} batch {r['batch']}: {r['speedup']:.2f}x faster, "
+            f"{r['file_ratio']:.1f}x smaller file; forms {r['forms']}"
         )
     machine = result["machine"]
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; saved {out}")

@@ -161,3 +161,35 @@ def test_rank_budget_meets_the_ratio_within_two_percent():
         TTConfig(ratio=30, eps=0.1)
     with pytest.raises(ConfigError, match="ratio must be > 1"):
         TTConfig(ratio=0.5)
+
+
+def test_rank_budget_over_the_whole_model():
+    """scope=model: the whole model (the layers left dense and BatchNorm included) shrinks by
+    the ratio within 2 %; a ratio the dense rest already breaks is refused in one line."""
+    from kompakt.errors import ConfigError
+
+    torch.manual_seed(0)
+
+    def model():
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3),
+            nn.BatchNorm2d(8),
+            nn.Flatten(),
+            nn.Linear(8 * 26 * 26, 512),
+            nn.ReLU(),
+            nn.Linear(512, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+
+    linears = lambda n, m: isinstance(m, nn.Linear) and m.out_features >= 256  # noqa: E731
+    for ratio in (10, 40):
+        net = model()
+        before = sum(p.numel() for p in net.parameters())
+        compress_(net, TTConfig(ratio=ratio, scope="model"), filter_fn=linears)
+        achieved = before / sum(p.numel() for p in net.parameters())
+        assert ratio <= achieved <= ratio * 1.02, (ratio, achieved)
+    with pytest.raises(ConfigError, match="outside the selected layers already exceed"):
+        compress_(model(), TTConfig(ratio=40, scope="model"), filter_fn=lambda n, m: n == "5")
+    with pytest.raises(ConfigError, match="scope=model needs a ratio"):
+        TTConfig(scope="model", ranks=8)

@@ -33,6 +33,9 @@ class TTConfig:
             their Linear layers' bonds by greedy error reduction per parameter
             (`kompakt.models.ranks`); convolutions keep the `ranks` cap (default 8) and count
             against the budget.
+        scope: what `ratio` counts: "layers" (the selected layers) or "model" (every parameter
+            of the model, so the layers that stay dense, BatchNorm and biases included, come
+            out of the same budget).
         rescale: scale each truncated layer back to the dense weight's Frobenius norm, so the
             activations keep their scale for fine-tuning (a rank-8 TT of a trained 6272x1536
             layer keeps ~1 % of its energy, and the net then starts from a dead signal). The
@@ -46,8 +49,15 @@ class TTConfig:
     conv_variant: str = "tt"
     rescale: bool = True
     ratio: float | None = None
+    scope: str = "layers"
 
     def __post_init__(self) -> None:
+        if self.scope not in ("layers", "model"):
+            raise ConfigError(f"scope must be 'layers' or 'model', got {self.scope!r}")
+        if self.scope == "model" and self.ratio is None:
+            raise ConfigError(
+                "tt scope=model needs a ratio= (what the whole model should shrink by)"
+            )
         if self.ratio is not None:
             if not self.ratio > 1:
                 raise ConfigError(f"ratio must be > 1 (times fewer parameters), got {self.ratio}")
@@ -298,7 +308,7 @@ def compress_(
     select = filter_fn or default_filter
     report = CompressionReport()
     targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
-    per_layer = _ratio_plan(targets, config) if getattr(config, "ratio", None) else {}
+    per_layer = _ratio_plan(model, targets, config) if getattr(config, "ratio", None) else {}
     recorded = _record_io(model, [m for _, m in targets], calib) if calib is not None else {}
     replacements = []
     for name, module in targets:
@@ -417,15 +427,31 @@ def fit_outputs_(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
     return {"output_error_svd": before, "output_error": after}
 
 
-def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[str, TTConfig]:
+def _ratio_plan(
+    model: nn.Module, targets: list[tuple[str, nn.Module]], config: TTConfig
+) -> dict[str, TTConfig]:
     """Per-Linear configs with the ranks `allocate_ranks` chose for `config.ratio`."""
     from kompakt.models.ranks import allocate_ranks, matrix_modes
 
     linears = {n: m for n, m in targets if isinstance(m, nn.Linear)}
     if not linears:
         raise ConfigError("tt ratio= spreads ranks over Linear layers; none was selected")
-    budget = sum(_params(m) for _, m in targets) / config.ratio
-    fixed = 0  # what the other selected layers will hold: convs at the rank cap, the rest as is
+    selected = sum(_params(m) for _, m in targets)
+    # what the other selected layers will hold: convs at the rank cap, the rest as is; with
+    # scope=model also every parameter outside the selected layers
+    fixed = 0
+    if config.scope == "model":
+        total = _params(model)
+        budget = total / config.ratio
+        fixed = total - selected
+        if fixed >= budget:
+            raise ConfigError(
+                f"tt ratio={config.ratio} scope=model: the {fixed:,} parameters outside the "
+                f"selected layers already exceed the budget {int(budget):,} (= {total:,} / "
+                f"{config.ratio}); select more layers or ask for a smaller ratio"
+            )
+    else:
+        budget = selected / config.ratio
     for _, module in targets:
         if isinstance(module, nn.Linear):
             continue
@@ -449,7 +475,12 @@ def _ratio_plan(targets: list[tuple[str, nn.Module]], config: TTConfig) -> dict[
     for name, module in linears.items():
         in_modes, out_modes = matrix_modes(module)
         plans[name] = replace(
-            config, ratio=None, ranks=ranks[name], in_modes=in_modes, out_modes=out_modes
+            config,
+            ratio=None,
+            scope="layers",
+            ranks=ranks[name],
+            in_modes=in_modes,
+            out_modes=out_modes,
         )
     return plans
 

@@ -29,6 +29,9 @@ class CompressConfig:
         "tt: times fewer parameters in the compressed layers; ranks are spread over the Linear "
         "layers by error reduction per parameter (convs keep --ranks).",
     )
+    scope: Literal["layers", "model"] = opt(
+        "layers", "tt --ratio counts the compressed layers, or the whole model (model)."
+    )
     ranks: int | None = opt(None, "TT rank cap (default 8 unless --eps).")
     eps: float | None = opt(None, "TT-SVD relative error bound per layer (instead of --ranks).")
     groups: int = opt(4, "meta: groups of the MetaHead.")
@@ -51,6 +54,8 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.method not in ("tt", "meta"):
             raise ConfigError(f"method must be 'tt' or 'meta', got {self.method!r}")
+        if self.scope == "model" and self.ratio is None:
+            raise ConfigError("--scope model needs --ratio (what the whole model shrinks by)")
         if self.finetune_epochs < 0 or self.calib_samples < 0:
             raise ConfigError("finetune_epochs and calib_samples must be >= 0")
 
@@ -59,7 +64,8 @@ class CompressConfig:
         if self.method == "meta":
             return f"meta:groups={self.groups}"
         if self.ratio is not None:
-            return f"tt:ratio={self.ratio}" + (f",ranks={self.ranks}" if self.ranks else "")
+            scope = ",scope=model" if self.scope == "model" else ""
+            return f"tt:ratio={self.ratio}{scope}" + (f",ranks={self.ranks}" if self.ranks else "")
         if self.eps is not None:
             return f"tt:eps={self.eps}"
         return f"tt:ranks={self.ranks or 8}"
