@@ -85,6 +85,153 @@ def headline(summary: dict) -> list[str]:
     return lines
 
 
+def _nan(value) -> float:
+    return float("nan") if value is None else value
+
+
+def export_tt_section(ex: dict) -> list[str]:
+    out = [
+        "## Exported TT layers in ONNX Runtime CPU (`export_tt.py`)",
+        "",
+        "`auto` = the default `kompakt export` (one plan for batches 1..256, priced by the cost "
+        "model calibrated on this machine); `autotune` = `--tt-plan autotune`; `chain` = the "
+        "core-by-core contraction (the previous default). `/ fastest` = auto's time over the "
+        "fastest of every export form of the layer in a census at fewer runs.",
+        "",
+        "| case | batch | dense ms | auto ms | auto plan | auto x | autotune x | chain x "
+        "| vs tltorch factorized | auto / fastest | MAC floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ex["linear"]:
+        sp, peer, census = (
+            r["speedup_vs_dense"],
+            r.get("kompakt_vs_tltorch", {}),
+            r.get("census", {}),
+        )
+        out.append(
+            f"| {r['case']} | {r['batch']} | {r['ms']['dense']:.3f} | "
+            f"{r['ms']['kompakt-auto']:.3f} | {r['auto_form']} | {sp['kompakt-auto']:.2f}x | "
+            f"{sp['kompakt-autotune']:.2f}x ({r['autotune_form']}) | "
+            f"{sp['kompakt-factored']:.2f}x | {_nan(peer.get('tltorch-factorized')):.2f}x | "
+            f"{_nan(census.get('auto_over_fastest')):.2f} | {r['macs_ratio']:.1f}x |"
+        )
+    linear = ex["linear"]
+    if linear:
+        out += [
+            "",
+            "Export time with the planner: "
+            + ", ".join(
+                f"{r['case']}: auto {r['export_s']['auto']} s, "
+                f"autotune {r['export_s']['autotune']} s"
+                for r in linear
+                if r["batch"] == linear[0]["batch"]
+            )
+            + ".",
+        ]
+    out += [
+        "",
+        "| TT-conv | batch | auto form | auto ms | rebuilt ms | chain ms | separable ms | "
+        "nn.Conv2d ms | auto x conv | auto / fastest | file conv / auto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ex["conv"]:
+        ms = r["ms"]
+        out.append(
+            f"| {r['case']} | {r['batch']} | {r['auto_form']} | {ms['auto']:.3f} | "
+            f"{ms['factored']:.3f} | {ms['chain']:.3f} | {ms['separable']:.3f} | "
+            f"{ms['nn.Conv2d']:.3f} | {r['auto_speedup_vs_conv']:.2f}x | "
+            f"{r['auto_over_fastest']:.2f} | {r['file_ratio_conv_over_auto']:.1f}x |"
+        )
+    if ex.get("models"):
+        out += [
+            "",
+            "| whole model (28x28, default export) | batch | dense ms | compressed ms | speedup "
+            "| file ratio | forms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in ex["models"]:
+            forms = ", ".join(f"{k}: {v}" for k, v in r["forms"].items())
+            out.append(
+                f"| {r['compressed']} vs {r['dense']} | {r['batch']} | "
+                f"{r['ms'][r['dense']]:.3f} | {r['ms'][r['compressed']]:.3f} | "
+                f"{r['speedup']:.2f}x | {r['file_ratio']:.1f}x | {forms} |"
+            )
+    out.append("")
+    return out
+
+
+def prune_section(pm: dict) -> list[str]:
+    st = pm["settings"]
+    out = [
+        "## Filter pruning at 60 % sparsity on mnist5k (`prune_mnist5k.py`)",
+        "",
+        f"Width {st['width']}, {st.get('total_epochs')} epochs in total for every method "
+        f"({st['base_epochs']} base + {st['finetune_epochs']} pruning / fine-tune), seeds "
+        f"{st.get('seeds')} (each its own baseline), test top-1 on the mnist5k test split as "
+        f"mean +- std over seeds; latency: {st.get('latency')}.",
+        "",
+        "| model | method | seeds | parameters | multiply-adds | test top-1 | ORT b1 ms | "
+        "ORT b32 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in pm["rows"]:
+        out.append(
+            f"| {r['model']} | {r['method']} | {r['seeds']} | {r['params_mean']:,} | "
+            f"{r['macs_mean']:,} | {100 * r['test_top1_mean']:.2f} +- "
+            f"{100 * r['test_top1_std']:.2f} % | {_nan(r.get('ort_ms_b1')):.3f} | "
+            f"{_nan(r.get('ort_ms_b32')):.3f} |"
+        )
+    out.append("")
+    return out
+
+
+def compress_section(ct: dict) -> list[str]:
+    base = ct["rows"][0]["test_accuracy"]
+    bases = {
+        "resnet18": next(
+            (
+                r["test_accuracy"]
+                for r in ct["rows"]
+                if r["recipe"].endswith("dense baseline") and r["recipe"].startswith("resnet18")
+            ),
+            None,
+        ),
+        "model defined": next(
+            (
+                r["test_accuracy"]
+                for r in ct["rows"]
+                if r["recipe"].endswith("dense baseline")
+                and r["recipe"].startswith("model defined")
+            ),
+            None,
+        ),
+    }
+    out = [
+        "## Compressing a trained model (`compress_trained.py`)",
+        "",
+        f"garipov-conv-fc trained {ct['settings']['base_epochs']} epochs on mnist5k, then TT "
+        f"at ranks {ct['settings']['ranks']} on every conv and FC layer (10.8 M -> 63 k "
+        "parameters, 171x) or a `--ratio` rank budget, fine-tuned by each recipe; resnet18-cifar "
+        "(width 0.25) and a model defined in the benchmark file likewise. `vs dense` is against "
+        "each row's own dense baseline; `params x` = whole-model parameters of the baseline / "
+        "this row's. Wall times include process start and were measured while other work shared "
+        "the 2 cores (compare accuracies, not times).",
+        "",
+        "| recipe | test top-1 | vs dense | params x | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ct["rows"]:
+        ref = next((v for k, v in bases.items() if r["recipe"].startswith(k)), None) or base
+        ratio = r.get("model_params_ratio")
+        out.append(
+            f"| {r['recipe']} | {100 * r['test_accuracy']:.2f} % | "
+            f"{100 * (r['test_accuracy'] - ref):+.2f} points | "
+            f"{'' if ratio is None else f'{ratio:.1f}x'} | {r['wall_s']} |"
+        )
+    out.append("")
+    return out
+
+
 def render() -> str:
     out = [
         "# kompakt benchmark results",
@@ -116,37 +263,7 @@ def render() -> str:
         out.append("")
     ex = _load("export_tt")
     if ex:
-        out += [
-            "## Exported TT layers in ONNX Runtime CPU (`export_tt.py`)",
-            "",
-            "| case | batch | dense ms | TT factored ms | auto (form) | factored x | auto x "
-            "| vs tltorch factorized | vs tltorch reconstructed |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in ex["linear"]:
-            peer = r.get("kompakt_vs_tltorch", {})
-            out.append(
-                f"| {r['case']} | {r['batch']} | {r['ms']['dense']:.3f} | "
-                f"{r['ms']['kompakt-factored']:.3f} | {r['ms']['kompakt-auto']:.3f} "
-                f"({r['auto_form']}) | {r['speedup_vs_dense']['kompakt-factored']:.2f}x | "
-                f"{r['speedup_vs_dense']['kompakt-auto']:.2f}x | "
-                f"{peer.get('tltorch-factorized', float('nan')):.2f}x | "
-                f"{peer.get('tltorch-reconstructed', float('nan')):.2f}x |"
-            )
-        out += [
-            "",
-            "| TT-conv (ranks 8) | batch | factored ms | dense ms | nn.Conv2d ms | "
-            "factored / dense | file KiB factored / dense |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in ex["conv"]:
-            out.append(
-                f"| {r['case']} | {r['batch']} | {r['ms']['factored']:.3f} | "
-                f"{r['ms']['dense']:.3f} | {r['ms']['nn.Conv2d']:.3f} | "
-                f"{r['factored_latency_vs_dense']:.2f} | {r['file_kib']['factored']:.0f} / "
-                f"{r['file_kib']['dense']:.0f} |"
-            )
-        out.append("")
+        out += export_tt_section(ex)
     ro = _load("runtime_overhead")
     if ro:
         out += [
@@ -246,41 +363,10 @@ def render() -> str:
         out.append("")
     pm = _load("prune_mnist5k")
     if pm:
-        out += [
-            "## Filter pruning at 60 % sparsity on mnist5k (`prune_mnist5k.py`)",
-            "",
-            f"Settings: {pm['settings']}.",
-            "",
-            "| model | method | parameters | multiply-adds | test top-1 | ORT b1 ms | ORT b32 ms |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {r['model']} | {r['method']} | {r['params']:,} | {r['macs']:,} | "
-            f"{100 * r['test_top1']:.2f} % | {r['ort_ms_b1']:.3f} | {r['ort_ms_b32']:.3f} |"
-            for r in pm["rows"]
-        ]
-        out.append("")
+        out += prune_section(pm)
     ct = _load("compress_trained")
     if ct:
-        base = ct["rows"][0]["test_accuracy"]
-        out += [
-            "## Compressing a trained model (`compress_trained.py`)",
-            "",
-            f"garipov-conv-fc trained {ct['settings']['base_epochs']} epochs on mnist5k, then TT "
-            f"at ranks {ct['settings']['ranks']} on every conv and FC layer (10.8 M -> 63 k "
-            "parameters, 171x), fine-tuned by each recipe. Wall times include process start "
-            "and were measured while other work shared the 2 cores (compare accuracies, not "
-            "times).",
-            "",
-            "| recipe | test top-1 | vs dense | wall s |",
-            "|---|---|---|---|",
-        ]
-        out += [
-            f"| {r['recipe']} | {100 * r['test_accuracy']:.2f} % | "
-            f"{100 * (r['test_accuracy'] - base):+.2f} points | {r['wall_s']} |"
-            for r in ct["rows"]
-        ]
-        out.append("")
+        out += compress_section(ct)
     lg = _load("loadgen_scenarios")
     if lg:
         out += [
