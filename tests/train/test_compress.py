@@ -188,7 +188,9 @@ def test_rank_budget_over_the_whole_model():
         before = sum(p.numel() for p in net.parameters())
         compress_(net, TTConfig(ratio=ratio, scope="model"), filter_fn=linears)
         achieved = before / sum(p.numel() for p in net.parameters())
-        assert ratio <= achieved <= ratio * 1.02, (ratio, achieved)
+        # never above the budget; below it by at most ~one rank step of the largest layer,
+        # which is a larger share of a small whole-model budget (3 %, not 2 %)
+        assert ratio <= achieved <= ratio * 1.03, (ratio, achieved)
     with pytest.raises(ConfigError, match="outside the selected layers already exceed"):
         compress_(model(), TTConfig(ratio=40, scope="model"), filter_fn=lambda n, m: n == "5")
     with pytest.raises(ConfigError, match="scope=model needs a ratio"):
