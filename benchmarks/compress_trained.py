@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-epochs", type=int, default=6)
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--resnet-ranks", type=int, default=8)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the results from the rows finished so far (WORK/partial.json), run none",
+    )
     parser.add_argument("--old-commit", default="cde7069")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_compress"))
     args = parser.parse_args(argv)
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
     def record(name: str, fn) -> dict:
+        if args.report_only:
+            return rows.get(name, {})
         if name not in rows:
             rows[name] = fn()
             results_path.write_text(json.dumps(rows, indent=2))
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = f"tt:ranks={args.ranks}"
 
     old = Path("/tmp/kompakt-old-" + args.old_commit)
-    if not old.is_dir():
+    if not old.is_dir() and not args.report_only:
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(old), args.old_commit], cwd=ROOT, check=True
         )
@@ -354,9 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     def ratio_to_baseline(name: str, row: dict) -> float | None:
         """Whole-model parameters of the dense baseline this row came from / this row's."""
         if name.startswith("resnet18"):
-            base = rows["resnet18-cifar (width 0.25) dense baseline"]
+            base = rows.get("resnet18-cifar (width 0.25) dense baseline", {})
         elif name.startswith("model defined"):
-            base = rows["model defined in this file, dense baseline"]
+            base = rows.get("model defined in this file, dense baseline", {})
         else:
             base = rows["dense baseline"]
         if not row.get("params") or not base.get("params"):
