@@ -108,19 +108,28 @@ def export_form(layer: nn.Module, form: str, path: Path, example: torch.Tensor) 
     return export_onnx(candidate, path, ExportConfig(check=False), example).path
 
 
-def sweep_forms(layer: nn.Module, example: torch.Tensor, batches, args, work: Path) -> dict:
-    """Median ms of every export form of `layer` at each batch (fewer runs: a census)."""
-    sessions = {}
-    for i, form in enumerate(layer.export_forms()):
-        path = export_form(layer, form, work / f"form{i}.onnx", example)
-        sessions[form] = session(Path(path), args.threads)
-    out: dict[str, dict[int, float]] = {form: {} for form in sessions}
-    for batch in batches:
-        x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:]))
-        med = time_interleaved(sessions, x.astype(np.float32), args.sweep_runs, 2)
-        for form, seconds in med.items():
-            out[form][batch] = round(seconds * 1e3, 4)
-    return out
+def sweep_forms(
+    layer: nn.Module, example: torch.Tensor, batches, args, work: Path, reference: str
+) -> dict[str, dict[int, float]]:
+    """Time of every export form of `layer` relative to the `reference` form, per batch: a
+    census at fewer runs. Forms are timed in chunks, each interleaved with the reference
+    (a merged form can hold the dense weight in memory: 65 sessions at once do not fit)."""
+    forms = [f for f in layer.export_forms() if f != reference]
+    ref_path = export_form(layer, reference, work / "ref.onnx", example)
+    ratios: dict[str, dict[int, float]] = {reference: dict.fromkeys(batches, 1.0)}
+    for start in range(0, len(forms), 6):
+        chunk = forms[start : start + 6]
+        sessions = {reference: session(Path(ref_path), args.threads)}
+        for i, form in enumerate(chunk):
+            path = export_form(layer, form, work / f"form{i}.onnx", example)
+            sessions[form] = session(Path(path), args.threads)
+        for batch in batches:
+            x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:]))
+            med = time_interleaved(sessions, x.astype(np.float32), args.sweep_runs, 2)
+            for form in chunk:
+                ratios.setdefault(form, {})[batch] = round(med[form] / med[reference], 4)
+        del sessions
+    return ratios
 
 
 def planned(layer: nn.Module, example: torch.Tensor, work: Path, name: str, **config) -> dict:
@@ -160,7 +169,11 @@ def bench_linear(args, work: Path) -> list[dict]:
             except Exception as error:  # report, do not crash the suite
                 peer_note = f"{peer} export failed: {str(error).splitlines()[0]}"
         sessions = {k: session(Path(p), args.threads) for k, p in paths.items()}
-        census = sweep_forms(tt, example, args.batches, args, work) if args.sweep_runs else {}
+        census = (
+            sweep_forms(tt, example, args.batches, args, work, auto["form"])
+            if args.sweep_runs
+            else {}
+        )
         for batch in args.batches:
             x = np.random.default_rng(0).standard_normal((batch, n_in)).astype(np.float32)
             runs = args.runs if batch < 256 or n_in < 20000 else max(30, args.runs // 2)
