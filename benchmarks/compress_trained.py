@@ -265,26 +265,6 @@ def main(argv: list[str] | None = None) -> int:
             ]
         ),
     )
-    for ratio in (10, 30, 100):
-        for epochs in (0, 1, 3) if ratio == 10 else (0, 3):
-            record(
-                f"kompakt compress --ratio {ratio}, {epochs} ep",
-                lambda r=ratio, e=epochs: run(
-                    [
-                        *kompakt,
-                        "compress",
-                        ckpt,
-                        "--ratio",
-                        str(r),
-                        "--finetune-epochs",
-                        str(e),
-                        "-o",
-                        str(work / f"ratio{r}-{e}"),
-                        "--quiet",
-                        "--json",
-                    ]
-                ),
-            )
     resnet = work / "resnet18"
     record(
         "resnet18-cifar (width 0.25) dense baseline",
@@ -358,6 +338,27 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ),
         )
+
+    for ratio in (10, 30, 100):
+        for epochs in (0, 1, 3) if ratio == 10 else (0, 3):
+            record(
+                f"kompakt compress --ratio {ratio}, {epochs} ep",
+                lambda r=ratio, e=epochs: run(
+                    [
+                        *kompakt,
+                        "compress",
+                        ckpt,
+                        "--ratio",
+                        str(r),
+                        "--finetune-epochs",
+                        str(e),
+                        "-o",
+                        str(work / f"ratio{r}-{e}"),
+                        "--quiet",
+                        "--json",
+                    ]
+                ),
+            )
 
     def ratio_to_baseline(name: str, row: dict) -> float | None:
         """Whole-model parameters of the dense baseline this row came from / this row's."""
