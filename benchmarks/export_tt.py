@@ -21,7 +21,6 @@ Run: python benchmarks/export_tt.py [--runs 50] [--batches 1,8,64,256]   (tltorc
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kompakt.export import ExportConfig, export_onnx
+from kompakt.export.exporter import fixed_form
 from kompakt.layers import TTConv2d, TTLinear
 from kompakt.runtime_bench.timing import interleaved_medians, save_results
 
@@ -103,9 +103,7 @@ def tltorch_layers(case) -> dict[str, nn.Module] | str:
 
 def export_form(layer: nn.Module, form: str, path: Path, example: torch.Tensor) -> str:
     """One export form of a TT layer, fixed (the planner does not re-decide it)."""
-    candidate = copy.deepcopy(layer).export_as(form)
-    candidate._export_form_fixed = True
-    return export_onnx(candidate, path, ExportConfig(check=False), example).path
+    return export_onnx(fixed_form(layer, form), path, ExportConfig(check=False), example).path
 
 
 def sweep_forms(

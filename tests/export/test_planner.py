@@ -16,7 +16,7 @@ from torch import nn
 
 from kompakt.export import ExportConfig, export_onnx
 from kompakt.export import cost_model as cm
-from kompakt.export.exporter import apply_tt_mode, estimate_forms
+from kompakt.export.exporter import apply_tt_mode, estimate_forms, fixed_form
 from kompakt.layers import TTConv2d, TTLinear, tt
 
 
@@ -55,16 +55,13 @@ def test_planned_exports_keep_parity_and_store_only_the_cores(tmp_path):
     linear = nn.Sequential(TTLinear(4096, 1024, (4, 8, 8, 16), (4, 4, 8, 8), ranks=4))
     example = torch.randn(3, 4096)
     for form in ("factored[2-2:rtl]", "factored[1-3:ltr]"):
-        model = copy.deepcopy(linear)
-        model[0].export_as(form)
-        model[0]._export_form_fixed = True
+        model = nn.Sequential(fixed_form(linear[0], form))
         report = export_onnx(model, tmp_path / "l.onnx", ExportConfig(), example)
         assert report.ok and report.parity[0]["max_rel"] < 1e-4
         cores = sum(c.numel() for c in linear[0].cores) * 4 + 1024 * 4
         assert report.file_bytes < cores + 16_384, (form, report.file_bytes, cores)
     conv = nn.Sequential(TTConv2d(64, 64, 3, padding=1, ranks=2))
-    conv[0].export_as("separable")
-    conv[0]._export_form_fixed = True
+    conv = nn.Sequential(fixed_form(conv[0], "separable"))
     report = export_onnx(conv, tmp_path / "c.onnx", ExportConfig(), torch.randn(2, 64, 8, 8))
     assert report.ok
     cores = sum(c.numel() for c in conv[0].cores) * 4

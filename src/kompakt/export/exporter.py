@@ -271,14 +271,15 @@ def apply_tt_mode(
         shape = (max(batches), *shape[1:])
         costs = module.export_costs(shape)
         forms = module.export_forms()
-        predicted = estimate(module, shape, forms) if estimate and mode != "factored" else None
+        auto = mode in ("auto", "autotune")
+        predicted = estimate(module, shape, forms) if estimate and auto else None
         timings, chosen_by = None, None
-        if mode in ("auto", "autotune") and predicted:
+        if auto and predicted:
             ranked = sorted(forms, key=lambda f: max(predicted[f].values()))
             shortlist = [f for f in forms if f in ranked[:SHORTLIST] or f in BASELINE_FORMS]
             form = choose_measured(predicted, forms)
             chosen_by = "cost model calibrated on this machine (onnxruntime)"
-        elif mode in ("auto", "autotune"):
+        elif auto:
             shortlist = list(forms)
             form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
             chosen_by = "counted multiply-adds"
@@ -325,6 +326,14 @@ def apply_tt_mode(
                 set_submodule(model, name, replacement)
         records.append(record)
     return model, records
+
+
+def fixed_form(layer: nn.Module, form: str) -> nn.Module:
+    """A copy of `layer` as export form `form`, which `apply_tt_mode` leaves as it is (for
+    timing one candidate on its own)."""
+    candidate = copy.deepcopy(layer).export_as(form)
+    candidate._export_form_fixed = True
+    return candidate
 
 
 def tune_batches(config: ExportConfig) -> tuple[int, ...]:
@@ -381,9 +390,7 @@ def measure_forms(
     with tempfile.TemporaryDirectory() as tmp:
         for i, form in enumerate(forms):
             path = Path(tmp) / f"{i}.onnx"
-            candidate = copy.deepcopy(layer).export_as(form)
-            candidate._export_form_fixed = True  # apply_tt_mode leaves it as this form
-            export_onnx(candidate, path, single, torch.randn(2, *shape[1:]))
+            export_onnx(fixed_form(layer, form), path, single, torch.randn(2, *shape[1:]))
             options = ort.SessionOptions()
             if config.plan_threads:
                 options.intra_op_num_threads = config.plan_threads
