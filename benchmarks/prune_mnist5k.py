@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--ablation-models", default="vgg16-cifar")
+    parser.add_argument(
+        "--ablation-settings",
+        default="",
+        help="run only the ablation rows whose label contains one of these comma-separated "
+        "words (e.g. ramp); default: all",
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--work", default="runs/bench_prune")
     parser.add_argument(
@@ -147,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models.split(",")
     cases(models, METHODS)
     ablation_models = [m for m in args.ablation_models.split(",") if m]
-    cases(ablation_models, ABLATION)
+    words = [w for w in args.ablation_settings.split(",") if w]
+    settings = {k: v for k, v in ABLATION.items() if not words or any(w in k for w in words)}
+    cases(ablation_models, settings)
 
     rows, runs = [], []
     for key, row in done.items():

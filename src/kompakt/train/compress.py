@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from kompakt.errors import ConfigError
@@ -39,6 +40,11 @@ class CompressConfig:
         512, "Training samples whose activations the compressed layers are fitted to (0: off)."
     )
     finetune_epochs: int = opt(3, "Fine-tune epochs after compression (0: keep the init).")
+    steps: int = opt(
+        1,
+        "Gradual compression: reach the target in this many steps (tt ranks halving towards "
+        "--ranks, or a ratio growing to --ratio), each with its share of the fine-tune epochs.",
+    )
     distill: bool = opt(True, "Fine-tune against the original model's outputs (teacher).")
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
@@ -58,44 +64,70 @@ class CompressConfig:
             raise ConfigError("--scope model needs --ratio (what the whole model shrinks by)")
         if self.finetune_epochs < 0 or self.calib_samples < 0:
             raise ConfigError("finetune_epochs and calib_samples must be >= 0")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.steps > 1:
+            if self.method != "tt" or self.eps is not None:
+                raise ConfigError("--steps needs --method tt with --ranks or --ratio (not --eps)")
+            if self.finetune_epochs < self.steps:
+                raise ConfigError(
+                    f"--steps {self.steps} needs at least one fine-tune epoch per step "
+                    f"(--finetune-epochs >= {self.steps}, got {self.finetune_epochs})"
+                )
 
-    def spec(self) -> str:
-        """The --compress spelling: tt:ranks=8, tt:eps=0.3, meta:groups=4."""
+    def spec(self, step: int | None = None) -> str:
+        """The --compress spelling of step `step` of `steps` (default: the last, the target):
+        tt:ranks=8, tt:eps=0.3, meta:groups=4. Earlier steps of a gradual compression double
+        the rank cap per step left, or take the ratio to the power step / steps."""
+        left = self.steps - (step or self.steps)
         if self.method == "meta":
             return f"meta:groups={self.groups}"
         if self.ratio is not None:
             scope = ",scope=model" if self.scope == "model" else ""
-            return f"tt:ratio={self.ratio}{scope}" + (f",ranks={self.ranks}" if self.ranks else "")
+            ratio = round(self.ratio ** ((self.steps - left) / self.steps), 4)
+            return f"tt:ratio={ratio}{scope}" + (f",ranks={self.ranks}" if self.ranks else "")
         if self.eps is not None:
             return f"tt:eps={self.eps}"
-        return f"tt:ranks={self.ranks or 8}"
+        return f"tt:ranks={(self.ranks or 8) * 2**left}"
+
+    def step_epochs(self) -> list[int]:
+        """Fine-tune epochs of each step: an equal share, the remainder to the last."""
+        share, extra = divmod(self.finetune_epochs, self.steps)
+        return [share] * (self.steps - 1) + [share + extra]
 
 
 def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[TrainHook] = ()) -> dict:
-    """Compress `ckpt` per `config`; returns fit's summary (paths, val and test metrics).
-    `hooks` go to the fine-tune loop (see TrainHook)."""
+    """Compress `ckpt` per `config`; returns fit's summary (paths, val and test metrics) of the
+    last step. `hooks` go to the fine-tune loop (see TrainHook). With `steps` > 1 each earlier
+    step is a checkpoint directory OUT/step<k> that the next step re-compresses; the original
+    model stays the teacher throughout."""
     saved = load_checkpoint(ckpt)
     data = config.data or saved.get("data", {}).get("name")
     if not data:
         raise ConfigError(f"{ckpt} does not name its dataset; pass --data")
-    train = TrainConfig(
-        model=saved["model"]["name"],
-        data=data,
-        data_root=config.data_root or saved.get("data", {}).get("root"),
-        init_from=str(ckpt),
-        compress=config.spec(),
-        epochs=max(config.finetune_epochs, 1),
-        calib_samples=config.calib_samples,
-        distill=config.distill if config.finetune_epochs else None,
-        distill_alpha=config.distill_alpha,
-        distill_temperature=config.distill_temperature,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        out=config.out,
-        resume=config.resume,
-        seed=config.seed,
-        quiet=config.quiet,
-    )
-    if config.finetune_epochs == 0:
-        return initialise(train)
-    return fit(train, hooks)
+    distill = config.distill if config.finetune_epochs else None
+    previous, result = str(ckpt), {}
+    for step, epochs in enumerate(config.step_epochs(), 1):
+        final = step == config.steps
+        train = TrainConfig(
+            model=saved["model"]["name"],
+            data=data,
+            data_root=config.data_root or saved.get("data", {}).get("root"),
+            init_from=previous,
+            teacher=str(ckpt) if distill and step > 1 else None,
+            compress=config.spec(step),
+            epochs=max(epochs, 1),
+            calib_samples=config.calib_samples,
+            distill=distill,
+            distill_alpha=config.distill_alpha,
+            distill_temperature=config.distill_temperature,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            out=config.out if final else str(Path(config.out) / f"step{step}"),
+            resume=config.resume,
+            seed=config.seed,
+            quiet=config.quiet,
+        )
+        result = initialise(train) if epochs == 0 else fit(train, hooks)
+        previous = result["best"]
+    return result

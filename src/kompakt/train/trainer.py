@@ -32,7 +32,7 @@ from kompakt.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from kompakt.models.surgery import MIN_PARAMS
+from kompakt.models.surgery import MIN_PARAMS, densify_
 from kompakt.options import opt
 from kompakt.progress import progress
 from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
@@ -74,6 +74,9 @@ class TrainConfig:
         None,
         "Distil from the --init-from model (the teacher) when compressing it; default: on "
         "with --init-from + --compress.",
+    )
+    teacher: str | None = opt(
+        None, "Checkpoint of the distillation teacher (default: the --init-from model)."
     )
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction; rest: labels).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
@@ -139,6 +142,8 @@ class TrainConfig:
             raise ConfigError("distill_alpha must be a fraction in [0, 1], distill_temperature > 0")
         if self.distill and not (self.init_from and self.compress):
             raise ConfigError("--distill needs a teacher: --init-from CKPT with --compress")
+        if self.teacher and not self.distilling:
+            raise ConfigError("--teacher is the distillation teacher: it needs distillation on")
         if self.calib_samples < 0:
             raise ConfigError(f"calib_samples must be >= 0, got {self.calib_samples}")
 
@@ -263,7 +268,18 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
         if config.calib_samples:
             x_train, _ = data.split("train")
             calib = x_train[: config.calib_samples]
-        compression = compress_(model, parse_compress(config.compress), calib=calib)
+        compression_config = parse_compress(config.compress)
+        # an --init-from model compressed before is compressed again from its own weights
+        remade = densify_(model, compression_config) if config.init_from else []
+        compression = compress_(model, compression_config, calib=calib)
+        left = sorted(set(remade) - {row["name"] for row in compression.layers})
+        if left:
+            reasons = {r["name"]: r["reason"] for r in compression.skipped}
+            raise ConfigError(
+                f"--compress {config.compress} would leave {left[0]} (compressed in "
+                f"{config.init_from}) dense: {reasons.get(left[0], 'not selected')}; "
+                "choose lower ranks / a higher ratio"
+            )
         if not compression.layers:
             reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in compression.skipped)
             raise ConfigError(
@@ -433,6 +449,7 @@ RESUME_KEYS = (
     "distill_alpha",
     "distill_temperature",
     "calib_samples",
+    "teacher",
 )
 
 
@@ -649,12 +666,13 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
 
 
 def _teacher(config: TrainConfig, task: str) -> nn.Module | None:
-    """The --init-from model, uncompressed, in eval mode and frozen: the distillation teacher."""
+    """The --teacher (default --init-from) model as saved, in eval mode and frozen: the
+    distillation teacher."""
     if not config.distilling:
         return None
     if task != "classification":
         raise ConfigError("distillation needs a classification task; pass --no-distill")
-    teacher = model_from_checkpoint(load_checkpoint(config.init_from)).eval()
+    teacher = model_from_checkpoint(load_checkpoint(config.teacher or config.init_from)).eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher

@@ -41,7 +41,9 @@ class RelevanceConfig:
     dummies: int = 32
     warmup: int = 100
     total_steps: int | None = None  # when known, sparsity follows a schedule (see `test`)
-    ramp: float = 0.6  # reach the target after this share of total_steps, then recover
+    # reach the target after this share of total_steps, then recover: 0.3 beat 0.6 on both
+    # models of benchmarks/prune_mnist5k.py (3 seeds each; vgg16 +0.18, resnet18 +0.81 points)
+    ramp: float = 0.3
     allocation: str = "global"
 
     def __post_init__(self) -> None:
