@@ -326,6 +326,30 @@ def test_kompakt_compress_in_steps_and_a_tt_checkpoint_compressed_again(trained,
     config = final["train"]["config"]
     assert config["teacher"] == str(trained)  # the original teaches every step
     assert config["init_from"] == str(tmp_path / "g" / "step1" / "best.pt")
+    # killed during the last step: --resume keeps step 1 and redoes the rest identically
+    step1_time = (tmp_path / "g" / "step1" / "last.pt").stat().st_mtime_ns
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (tmp_path / "g" / name).unlink(missing_ok=True)
+    resumed = kompakt(
+        "compress",
+        str(trained),
+        "--ranks",
+        "2",
+        "--steps",
+        "2",
+        "--finetune-epochs",
+        "2",
+        "--calib-samples",
+        "128",
+        "-o",
+        str(tmp_path / "g"),
+        "--quiet",
+        "--resume",
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "g" / "step1" / "last.pt").stat().st_mtime_ns == step1_time
+    again_final = load_checkpoint(tmp_path / "g" / "best.pt")["state_dict"]
+    assert all(torch.equal(v, again_final[k]) for k, v in final["state_dict"].items())
     # a TT checkpoint can be compressed again by `kompakt train` too, but never left dense
     again = kompakt(
         "train",

@@ -128,6 +128,19 @@ def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[Train
             seed=config.seed,
             quiet=config.quiet,
         )
+        done = None if final or not config.resume else _finished_step(train.out, epochs)
+        if done:
+            previous = done  # a resumed gradual run: this step finished before the kill
+            continue
         result = initialise(train) if epochs == 0 else fit(train, hooks)
         previous = result["best"]
     return result
+
+
+def _finished_step(out: str, epochs: int) -> str | None:
+    """best.pt of a step directory whose run trained all its `epochs`, else None."""
+    last = Path(out) / "last.pt"
+    if not last.is_file():
+        return None
+    state = load_checkpoint(last).get("train") or {}
+    return str(Path(out) / "best.pt") if state.get("epoch") == epochs else None
