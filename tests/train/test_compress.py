@@ -366,3 +366,30 @@ def test_kompakt_compress_in_steps_and_a_tt_checkpoint_compressed_again(trained,
         "--quiet",
     )
     assert again.returncode != 0 and "dense" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_feature_matching_is_the_relative_error_of_the_compressed_layers():
+    from kompakt.errors import ConfigError
+    from kompakt.train.trainer import FeatureMatching
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 4))
+    student = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 4))
+    student.load_state_dict(teacher.state_dict())
+    compress_(student, TTConfig(ranks=2))  # the two 256-wide layers
+    features = FeatureMatching(student, teacher)
+    assert features.names == ["0", "2"]
+    x = torch.randn(8, 64)
+    student(x), teacher(x)
+    with torch.no_grad():
+        h_s, h_t = student[1](student[0](x)), teacher[1](teacher[0](x))
+        want = [
+            (student[0](x) - teacher[0](x)).pow(2).sum() / teacher[0](x).pow(2).sum(),
+            (student[2](h_s) - teacher[2](h_t)).pow(2).sum() / teacher[2](h_t).pow(2).sum(),
+        ]
+    torch.testing.assert_close(features.loss(), torch.stack(want).mean())
+    features.remove()
+    with pytest.raises(ConfigError, match="no compressed layer"):
+        FeatureMatching(teacher, teacher)
+    with pytest.raises(ConfigError, match="distill"):
+        TrainConfig(distill_features=1.0)

@@ -25,6 +25,7 @@ from torch import nn
 
 from kompakt.data import DataSplits, load_dataset
 from kompakt.errors import ConfigError, KompaktError
+from kompakt.layers import CompressedLayer
 from kompakt.models import build_model, compress_, layer_specs, parse_compression
 from kompakt.models.checkpoint import (
     load_checkpoint,
@@ -80,6 +81,11 @@ class TrainConfig:
     )
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction; rest: labels).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
+    distill_features: float = opt(
+        0.0,
+        "Weight of feature matching in distillation: the compressed layers' outputs vs the "
+        "teacher's same layers (relative squared error); 0: off.",
+    )
     calib_samples: int = opt(
         0,
         "With --compress: initialise each compressed layer to match the dense layer's outputs "
@@ -142,8 +148,13 @@ class TrainConfig:
             raise ConfigError("distill_alpha must be a fraction in [0, 1], distill_temperature > 0")
         if self.distill and not (self.init_from and self.compress):
             raise ConfigError("--distill needs a teacher: --init-from CKPT with --compress")
-        if self.teacher and not self.distilling:
-            raise ConfigError("--teacher is the distillation teacher: it needs distillation on")
+        if self.distill_features < 0 or not math.isfinite(self.distill_features):
+            raise ConfigError(f"distill_features must be >= 0, got {self.distill_features}")
+        if (self.teacher or self.distill_features) and not self.distilling:
+            raise ConfigError(
+                "--teacher / --distill-features are distillation options: they need a "
+                "distilled fine-tune (--init-from CKPT --compress ...)"
+            )
         if self.calib_samples < 0:
             raise ConfigError(f"calib_samples must be >= 0, got {self.calib_samples}")
 
@@ -207,6 +218,50 @@ def distillation_loss(
         reduction="batchmean",
     )
     return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+
+class FeatureMatching:
+    """The feature term of distillation: the outputs of the student's compressed layers against
+    the teacher's layers of the same names (the dense originals), each as a relative squared
+    error sum((s - t)^2) / sum(t^2), averaged over the layers. Hooks record both while the
+    ordinary forward passes run; `loss()` reads them."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        teacher_names = {name for name, _ in teacher.named_modules()}
+        self.names = [
+            name
+            for name, module in student.named_modules()
+            if isinstance(module, CompressedLayer) and name in teacher_names
+        ]
+        if not self.names:
+            raise ConfigError(
+                "--distill-features: no compressed layer of the student has a namesake in the "
+                "teacher to match"
+            )
+        self.outputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.handles = [
+            model.get_submodule(name).register_forward_hook(self._keep(role, name))
+            for role, model in (("student", student), ("teacher", teacher))
+            for name in self.names
+        ]
+
+    def _keep(self, role: str, name: str) -> Callable:
+        def hook(module, inputs, output):
+            self.outputs[(role, name)] = output
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        terms = []
+        for name in self.names:
+            s, t = self.outputs[("student", name)], self.outputs[("teacher", name)].detach()
+            terms.append((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
+        self.outputs.clear()
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -448,6 +503,7 @@ RESUME_KEYS = (
     "distill",
     "distill_alpha",
     "distill_temperature",
+    "distill_features",
     "calib_samples",
     "teacher",
 )
@@ -496,6 +552,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     scheduler = _scheduler(config, optimizer, steps_per_epoch)
     teacher = _teacher(config, info.task)
+    features = FeatureMatching(model, teacher) if teacher and config.distill_features else None
     if resume_state is not None:
         state = resume_state["train"]
         _check_resume(config, state.get("config", {}), last_path)
@@ -566,6 +623,8 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
                 loss = distillation_loss(
                     logits, soft, yb, config.distill_alpha, config.distill_temperature
                 )
+                if features is not None:
+                    loss = loss + config.distill_features * features.loss()
             else:
                 loss = _loss(info.task, logits, yb, config.label_smoothing)
             if not torch.isfinite(loss):
@@ -641,6 +700,8 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row_shown.items()
             )
             print(shown, file=sys.stderr)
+    if features is not None:
+        features.remove()
     if rank != 0:
         return {}
     if pruner is not None:
