@@ -391,5 +391,8 @@ def test_feature_matching_is_the_relative_error_of_the_compressed_layers():
     features.remove()
     with pytest.raises(ConfigError, match="no compressed layer"):
         FeatureMatching(teacher, teacher)
+    assert FeatureMatching.between(teacher, teacher, required=False) is None  # the default
+    fine = TrainConfig(init_from="x.pt", compress="tt:ranks=8", epochs=3)
+    assert fine.feature_weight == 1.0 and TrainConfig(epochs=3).feature_weight == 0.0
     with pytest.raises(ConfigError, match="distill"):
         TrainConfig(distill_features=1.0)

@@ -49,7 +49,7 @@ class CompressConfig:
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
     distill_features: float = opt(
-        0.0, "Weight of matching the compressed layers' outputs to the original's (0: off)."
+        1.0, "Weight of matching the compressed layers' outputs to the original's (0: off)."
     )
     lr: float | None = opt(None, "Peak learning rate (default 0.02, after a 0.3-epoch warm-up).")
     batch_size: int = opt(64, "Batch size.")
@@ -124,7 +124,7 @@ def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[Train
             distill=distill,
             distill_alpha=config.distill_alpha,
             distill_temperature=config.distill_temperature,
-            distill_features=config.distill_features if distill else 0.0,
+            distill_features=config.distill_features if distill else None,
             lr=config.lr,
             batch_size=config.batch_size,
             out=config.out if final else str(Path(config.out) / f"step{step}"),
