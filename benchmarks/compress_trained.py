@@ -6,7 +6,10 @@ ranks 8 (171x fewer parameters in the replaced layers), fine-tuned by:
   code of the commit given by --old-commit (a git worktree), the path that lost the model;
 - "labels only": today's trainer, warm-up 0.3 epochs + per-batch cosine, peak lr 0.02, no
   teacher, no output fitting;
-- "kompakt compress": the defaults (output-aware init on 512 samples + distillation);
+- "kompakt compress": the defaults (output-aware init on 512 samples, layers fitted in order,
+  BatchNorm re-estimated; distillation with feature matching), over --seeds seeds, and without
+  feature matching;
+- gradual compression: `--steps 3` (ranks 32 -> 16 -> 8, one epoch each);
 - "output-aware init, no fine-tune" and "TT-SVD, no fine-tune" (0 epochs);
 - "TT from scratch": garipov-tt-conv-tt-fc trained for the same total epochs;
 - rank budgets: `kompakt compress --ratio R` (R = 10, 30, 100) after 0 and 3 epochs (and 1
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--resnet-ranks", type=int, default=8)
     parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds of the default recipe's 171x rows"
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the results from the rows finished so far (WORK/partial.json), run none",
@@ -104,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     results_path = work / "partial.json"
     rows = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
+    order: list[str] = []  # the table follows this file's order, older rows after
+
     def record(name: str, fn) -> dict:
+        order.append(name)
         if args.report_only:
             return rows.get(name, {})
         if name not in rows:
@@ -190,8 +200,30 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             ),
         )
+        for seed in range(args.seeds):
+            suffix = f", seed {seed}" if seed else ""
+            record(
+                f"kompakt compress (output-aware init + distillation), {epochs} ep{suffix}",
+                lambda e=epochs, s=seed: run(
+                    [
+                        *kompakt,
+                        "compress",
+                        ckpt,
+                        "--ranks",
+                        str(args.ranks),
+                        "--finetune-epochs",
+                        str(e),
+                        "--seed",
+                        str(s),
+                        "-o",
+                        str(work / f"compress-{e}" if not s else work / f"compress-{e}-s{s}"),
+                        "--quiet",
+                        "--json",
+                    ]
+                ),
+            )
         record(
-            f"kompakt compress (output-aware init + distillation), {epochs} ep",
+            f"kompakt compress without feature matching, {epochs} ep",
             lambda e=epochs: run(
                 [
                     *kompakt,
@@ -201,13 +233,35 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.ranks),
                     "--finetune-epochs",
                     str(e),
+                    "--distill-features",
+                    "0",
                     "-o",
-                    str(work / f"compress-{e}"),
+                    str(work / f"nofeatures-{e}"),
                     "--quiet",
                     "--json",
                 ]
             ),
         )
+    record(
+        "kompakt compress --steps 3 (ranks 32 -> 16 -> 8, 1 ep each), 3 ep",
+        lambda: run(
+            [
+                *kompakt,
+                "compress",
+                ckpt,
+                "--ranks",
+                str(args.ranks),
+                "--steps",
+                "3",
+                "--finetune-epochs",
+                "3",
+                "-o",
+                str(work / "gradual-3"),
+                "--quiet",
+                "--json",
+            ]
+        ),
+    )
     record(
         "TT-SVD only, 0 ep",
         lambda: run(
@@ -372,12 +426,28 @@ def main(argv: list[str] | None = None) -> int:
             return None
         return round(base["params"] / row["params"], 2)
 
+    seed_summary = {}
+    for epochs in (1, 3):
+        label = f"kompakt compress (output-aware init + distillation), {epochs} ep"
+        accs = [
+            rows[name]["test"]["accuracy"]
+            for name in rows
+            if name == label or name.startswith(label + ", seed ")
+        ]
+        if len(accs) > 1:
+            seed_summary[label] = {
+                "mean": statistics.mean(accs),
+                "std": statistics.stdev(accs),
+                "seeds": len(accs),
+            }
     out = {
         "machine": describe_machine(("onnxruntime",)),
+        "seed_summary": seed_summary,
         "settings": {
             "base_epochs": args.base_epochs,
             "ranks": args.ranks,
             "resnet_ranks": args.resnet_ranks,
+            "seeds": args.seeds,
             "data": "mnist5k",
         },
         "rows": [
@@ -388,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                 "model_params_ratio": ratio_to_baseline(name, row),
                 "wall_s": row.get("wall_s"),
             }
-            for name, row in rows.items()
+            for name, row in sorted(
+                rows.items(), key=lambda item: order.index(item[0]) if item[0] in order else 1e9
+            )
         ],
     }
     (HERE / "results" / "compress_trained.json").write_text(json.dumps(out, indent=2) + "\n")

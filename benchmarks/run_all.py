@@ -229,6 +229,12 @@ def compress_section(ct: dict) -> list[str]:
             f"{'' if ratio is None else f'{ratio:.1f}x'} | {r['wall_s']} |"
         )
     out.append("")
+    for label, row in ct.get("seed_summary", {}).items():
+        out.append(
+            f"- {label}: {100 * row['mean']:.2f} +- {100 * row['std']:.2f} % over "
+            f"{row['seeds']} seeds ({100 * (row['mean'] - base):+.2f} points vs dense)."
+        )
+    out.append("")
     return out
 
 
