@@ -1,11 +1,14 @@
 """`kompakt compress`: a trained checkpoint -> a compressed one that keeps its accuracy.
 
 The recipe, each step measured in benchmarks/compress_trained.py: compress every selected layer
-(TT-SVD, or MetaHead's block diagonal), fit each compressed layer to the dense layer's outputs
-on real activations (`--calib-samples`), then fine-tune briefly with the original model as the
-teacher (distillation) under a warm-up + cosine schedule. The result is a normal checkpoint
-directory (best.pt, last.pt, metrics.jsonl) that exports, deploys and resumes like any other.
-"""
+(TT-SVD, or MetaHead's block diagonal), fit the compressed layers in order to the dense layers'
+outputs on real activations (`--calib-samples`; each on what the layers compressed before it
+feed it), re-estimate BatchNorm, then fine-tune briefly with the original model as the teacher
+(distillation of the logits plus the compressed layers' outputs) under a warm-up + cosine
+schedule. `--steps N` gets there gradually (TT ranks halving towards the target, each step
+re-compressing the previous one and fine-tuning its share of the epochs). The result is a normal
+checkpoint directory (best.pt, last.pt, metrics.jsonl) that exports, deploys and resumes like
+any other."""
 
 from __future__ import annotations
 
