@@ -49,6 +49,9 @@ class CompressConfig:
         "--ranks, or a ratio growing to --ratio), each with its share of the fine-tune epochs.",
     )
     distill: bool = opt(True, "Fine-tune against the original model's outputs (teacher).")
+    teacher: str | None = opt(
+        None, "Distillation teacher checkpoint (default: CKPT; a TT checkpoint's dense origin)."
+    )
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
     distill_features: float = opt(
@@ -106,7 +109,7 @@ def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[Train
     """Compress `ckpt` per `config`; returns fit's summary (paths, val and test metrics) of the
     last step. `hooks` go to the fine-tune loop (see TrainHook). With `steps` > 1 each earlier
     step is a checkpoint directory OUT/step<k> that the next step re-compresses; the original
-    model stays the teacher throughout."""
+    model (or `teacher`) stays the teacher throughout."""
     saved = load_checkpoint(ckpt)
     data = config.data or saved.get("data", {}).get("name")
     if not data:
@@ -120,7 +123,7 @@ def compress_checkpoint(ckpt: str, config: CompressConfig, hooks: Sequence[Train
             data=data,
             data_root=config.data_root or saved.get("data", {}).get("root"),
             init_from=previous,
-            teacher=str(ckpt) if distill and step > 1 else None,
+            teacher=(config.teacher or (str(ckpt) if step > 1 else None)) if distill else None,
             compress=config.spec(step),
             epochs=max(epochs, 1),
             calib_samples=config.calib_samples,
