@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: test {rows[name].get('test')} ({rows[name].get('wall_s')} s)", flush=True)
         return rows[name]
 
+    def compress(source: str, out: str, *options: str) -> dict:
+        """`kompakt compress SOURCE OPTIONS -o WORK/OUT --quiet --json`."""
+        command = [*kompakt, "compress", source, *options]
+        return run([*command, "-o", str(work / out), "--quiet", "--json"])
+
     dense = work / "dense"
     record(
         "dense baseline",
@@ -180,124 +185,68 @@ def main(argv: list[str] | None = None) -> int:
         )
         record(
             f"labels only (warm-up, cosine per batch), {epochs} ep",
-            lambda e=epochs: run(
-                [
-                    *kompakt,
-                    "compress",
-                    ckpt,
-                    "--ranks",
-                    str(args.ranks),
-                    "--calib-samples",
-                    "0",
-                    "--no-distill",
-                    "--finetune-epochs",
-                    str(e),
-                    "-o",
-                    str(work / f"labels-{e}"),
-                    "--quiet",
-                    "--json",
-                ]
+            lambda e=epochs: compress(
+                ckpt,
+                f"labels-{e}",
+                "--ranks",
+                str(args.ranks),
+                "--calib-samples",
+                "0",
+                "--no-distill",
+                "--finetune-epochs",
+                str(e),
             ),
         )
         for seed in range(args.seeds):
             suffix = f", seed {seed}" if seed else ""
             record(
                 f"kompakt compress (output-aware init + distillation), {epochs} ep{suffix}",
-                lambda e=epochs, s=seed: run(
-                    [
-                        *kompakt,
-                        "compress",
-                        ckpt,
-                        "--ranks",
-                        str(args.ranks),
-                        "--finetune-epochs",
-                        str(e),
-                        "--seed",
-                        str(s),
-                        "-o",
-                        str(work / f"compress-{e}" if not s else work / f"compress-{e}-s{s}"),
-                        "--quiet",
-                        "--json",
-                    ]
-                ),
-            )
-        record(
-            f"kompakt compress without feature matching, {epochs} ep",
-            lambda e=epochs: run(
-                [
-                    *kompakt,
-                    "compress",
+                lambda e=epochs, s=seed: compress(
                     ckpt,
+                    f"compress-{e}" if not s else f"compress-{e}-s{s}",
                     "--ranks",
                     str(args.ranks),
                     "--finetune-epochs",
                     str(e),
-                    "--distill-features",
-                    "0",
-                    "-o",
-                    str(work / f"nofeatures-{e}"),
-                    "--quiet",
-                    "--json",
-                ]
+                    "--seed",
+                    str(s),
+                ),
+            )
+        record(
+            f"kompakt compress without feature matching, {epochs} ep",
+            lambda e=epochs: compress(
+                ckpt,
+                f"nofeatures-{e}",
+                "--ranks",
+                str(args.ranks),
+                "--finetune-epochs",
+                str(e),
+                "--distill-features",
+                "0",
             ),
         )
     record(
         "kompakt compress --steps 3 (ranks 32 -> 16 -> 8, 1 ep each), 3 ep",
-        lambda: run(
-            [
-                *kompakt,
-                "compress",
-                ckpt,
-                "--ranks",
-                str(args.ranks),
-                "--steps",
-                "3",
-                "--finetune-epochs",
-                "3",
-                "-o",
-                str(work / "gradual-3"),
-                "--quiet",
-                "--json",
-            ]
+        lambda: compress(
+            ckpt, "gradual-3", "--ranks", str(args.ranks), "--steps", "3", "--finetune-epochs", "3"
         ),
     )
     record(
         "TT-SVD only, 0 ep",
-        lambda: run(
-            [
-                *kompakt,
-                "compress",
-                ckpt,
-                "--ranks",
-                str(args.ranks),
-                "--calib-samples",
-                "0",
-                "--finetune-epochs",
-                "0",
-                "-o",
-                str(work / "svd-0"),
-                "--quiet",
-                "--json",
-            ]
+        lambda: compress(
+            ckpt,
+            "svd-0",
+            "--ranks",
+            str(args.ranks),
+            "--calib-samples",
+            "0",
+            "--finetune-epochs",
+            "0",
         ),
     )
     record(
         "output-aware init, 0 ep",
-        lambda: run(
-            [
-                *kompakt,
-                "compress",
-                ckpt,
-                "--ranks",
-                str(args.ranks),
-                "--finetune-epochs",
-                "0",
-                "-o",
-                str(work / "aware-0"),
-                "--quiet",
-                "--json",
-            ]
-        ),
+        lambda: compress(ckpt, "aware-0", "--ranks", str(args.ranks), "--finetune-epochs", "0"),
     )
     record(
         f"TT from scratch (garipov-tt-conv-tt-fc), {args.base_epochs + 3} ep",
@@ -322,20 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     def ratio_row(ratio: int, epochs: int) -> None:
         record(
             f"kompakt compress --ratio {ratio}, {epochs} ep",
-            lambda: run(
-                [
-                    *kompakt,
-                    "compress",
-                    ckpt,
-                    "--ratio",
-                    str(ratio),
-                    "--finetune-epochs",
-                    str(epochs),
-                    "-o",
-                    str(work / f"ratio{ratio}-{epochs}"),
-                    "--quiet",
-                    "--json",
-                ]
+            lambda: compress(
+                ckpt,
+                f"ratio{ratio}-{epochs}",
+                "--ratio",
+                str(ratio),
+                "--finetune-epochs",
+                str(epochs),
             ),
         )
 
@@ -366,20 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     for epochs in (0, 3):
         record(
             f"resnet18-cifar TT-conv ranks {args.resnet_ranks}, {epochs} ep",
-            lambda e=epochs: run(
-                [
-                    *kompakt,
-                    "compress",
-                    str(resnet / "best.pt"),
-                    "--ranks",
-                    str(args.resnet_ranks),
-                    "--finetune-epochs",
-                    str(e),
-                    "-o",
-                    str(work / f"resnet18-tt-{e}"),
-                    "--quiet",
-                    "--json",
-                ]
+            lambda e=epochs: compress(
+                str(resnet / "best.pt"),
+                f"resnet18-tt-{e}",
+                "--ranks",
+                str(args.resnet_ranks),
+                "--finetune-epochs",
+                str(e),
             ),
         )
 

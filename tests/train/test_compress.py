@@ -303,21 +303,8 @@ def test_gradual_compression_steps():
 
 
 def test_kompakt_compress_in_steps_and_a_tt_checkpoint_compressed_again(trained, tmp_path):
-    run = kompakt(
-        "compress",
-        str(trained),
-        "--ranks",
-        "2",
-        "--steps",
-        "2",
-        "--finetune-epochs",
-        "2",
-        "--calib-samples",
-        "128",
-        "-o",
-        str(tmp_path / "g"),
-        "--quiet",
-    )
+    common = "--ranks", "2", "--steps", "2", "--finetune-epochs", "2", "--calib-samples", "128"
+    run = kompakt("compress", str(trained), *common, "-o", str(tmp_path / "g"), "--quiet")
     assert run.returncode == 0, run.stderr
     step1 = load_checkpoint(tmp_path / "g" / "step1" / "best.pt")
     final = load_checkpoint(tmp_path / "g" / "best.pt")
@@ -331,20 +318,7 @@ def test_kompakt_compress_in_steps_and_a_tt_checkpoint_compressed_again(trained,
     for name in ("last.pt", "best.pt", "metrics.jsonl"):
         (tmp_path / "g" / name).unlink(missing_ok=True)
     resumed = kompakt(
-        "compress",
-        str(trained),
-        "--ranks",
-        "2",
-        "--steps",
-        "2",
-        "--finetune-epochs",
-        "2",
-        "--calib-samples",
-        "128",
-        "-o",
-        str(tmp_path / "g"),
-        "--quiet",
-        "--resume",
+        "compress", str(trained), *common, "-o", str(tmp_path / "g"), "--quiet", "--resume"
     )
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "g" / "step1" / "last.pt").stat().st_mtime_ns == step1_time

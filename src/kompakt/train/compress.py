@@ -54,8 +54,10 @@ class CompressConfig:
     )
     distill_alpha: float = opt(0.9, "Weight of the distillation term (a fraction).")
     distill_temperature: float = opt(4.0, "Softmax temperature of distillation.")
-    distill_features: float = opt(
-        1.0, "Weight of matching the compressed layers' outputs to the original's (0: off)."
+    distill_features: float | None = opt(
+        None,
+        "Weight of matching the compressed layers' outputs to the original's (default 1.0, "
+        "0: off).",
     )
     lr: float | None = opt(None, "Peak learning rate (default 0.02, after a 0.3-epoch warm-up).")
     batch_size: int = opt(64, "Batch size.")
@@ -88,16 +90,16 @@ class CompressConfig:
         """The --compress spelling of step `step` of `steps` (default: the last, the target):
         tt:ranks=8, tt:eps=0.3, meta:groups=4. Earlier steps of a gradual compression double
         the rank cap per step left, or take the ratio to the power step / steps."""
-        left = self.steps - (step or self.steps)
+        step = step or self.steps
         if self.method == "meta":
             return f"meta:groups={self.groups}"
         if self.ratio is not None:
             scope = ",scope=model" if self.scope == "model" else ""
-            ratio = round(self.ratio ** ((self.steps - left) / self.steps), 4)
+            ratio = round(self.ratio ** (step / self.steps), 4)
             return f"tt:ratio={ratio}{scope}" + (f",ranks={self.ranks}" if self.ranks else "")
         if self.eps is not None:
             return f"tt:eps={self.eps}"
-        return f"tt:ranks={(self.ranks or 8) * 2**left}"
+        return f"tt:ranks={(self.ranks or 8) * 2 ** (self.steps - step)}"
 
     def step_epochs(self) -> list[int]:
         """Fine-tune epochs of each step: an equal share, the remainder to the last."""
