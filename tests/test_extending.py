@@ -96,3 +96,33 @@ def test_unregistering_leaves_no_trace(toy):
         assert "toy-low-rank" not in LAYERS and "toy_overhead_kib" not in METRICS
     finally:
         toy.register()
+
+
+def test_a_plugin_compression_goes_through_kompakt_compress_from_the_cli(tmp_path):
+    """`kompakt --plugin toy_plugin compress CKPT --method lowrank --method-args rank=4`: the
+    plugin's method is found in the registry, fitted, fine-tuned and checkpointed; the CLI lists
+    it and refuses an unknown method with the valid names."""
+    from pathlib import Path
+
+    from clirun import kompakt
+
+    from kompakt.models import load_checkpoint
+
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    dense = tmp_path / "dense"
+    train = ("train", "--model", "mlp", "--data", "digits", "--epochs", "1", "--quiet")
+    run = kompakt(*train, "--model-arg", "hidden=[256]", "--out", str(dense))
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "lowrank"
+    args = ("compress", str(dense / "best.pt"), "--method", "lowrank", "--method-args", "rank=4")
+    run = kompakt(
+        "--plugin", "toy_plugin", *args, "--finetune-epochs", "1", "--quiet", "-o", str(out), env=env
+    )
+    assert run.returncode == 0, run.stderr
+    layers = load_checkpoint(out / "best.pt")["model"]["layers"]
+    assert [(s["type"], s["args"]["rank"]) for s in layers] == [("toy-low-rank", 4)]
+    listed = kompakt("--plugin", "toy_plugin", "list", "compressions", "--live", env=env)
+    assert "lowrank" in listed.stdout, listed.stderr
+    unknown = kompakt(*args, "-o", str(tmp_path / "x"))  # no plugin: not registered
+    assert unknown.returncode == 1
+    assert "unknown compression 'lowrank'" in unknown.stderr and "tt" in unknown.stderr

@@ -14,8 +14,7 @@ from torch import nn
 
 from kompakt.deploy.builders import BACKENDS, Artefact, Backend, BuildOptions, Capabilities
 from kompakt.layers import LAYERS, CompressedLayer
-from kompakt.models import register_compression
-from kompakt.models.surgery import COMPRESSION_NAMES, COMPRESSIONS
+from kompakt.compression import COMPRESSIONS, Compression
 from kompakt.runtime.backends import RUNNERS, require
 from kompakt.runtime_bench.metrics import METRICS, Metric
 
@@ -84,13 +83,31 @@ class LowRankConfig:
     rank: int = 4
 
 
-def low_rank_replacement(module: nn.Module, config: LowRankConfig):
-    if not isinstance(module, nn.Linear):
-        return None
-    new = LowRankLinear.from_dense(module, config.rank)
-    with torch.no_grad():
-        error = torch.linalg.norm(new.u @ new.v - module.weight) / torch.linalg.norm(module.weight)
-    return new, float(error)
+class LowRankCompression(Compression):
+    """Truncated SVD of Linear layers (W = U V)."""
+
+    config_type = LowRankConfig
+    produces = (LowRankLinear,)
+
+    def replace(self, module: nn.Module, config: LowRankConfig):
+        if not isinstance(module, nn.Linear):
+            return None
+        new = LowRankLinear.from_dense(module, config.rank)
+        with torch.no_grad():
+            error = torch.linalg.norm(new.u @ new.v - module.weight)
+            error = error / torch.linalg.norm(module.weight)
+        return new, float(error)
+
+    def candidates(self, module: nn.Module) -> list[LowRankConfig]:
+        """Ranks whose twin keeps at most half the weights (what `kompakt optimize` tries)."""
+        if not isinstance(module, nn.Linear):
+            return []
+        size = module.in_features * module.out_features
+        return [
+            LowRankConfig(rank)
+            for rank in (2, 4, 8)
+            if rank * (module.in_features + module.out_features) <= size / 2
+        ]
 
 
 # -- a backend: ONNX's own reference evaluator (numpy only) -------------------------------------
@@ -133,7 +150,7 @@ OVERHEAD = Metric(
 def register() -> None:
     if "toy-low-rank" not in LAYERS:
         LAYERS.register("toy-low-rank")(LowRankLinear)
-        register_compression(LowRankConfig, "lowrank")(low_rank_replacement)
+        COMPRESSIONS.register("lowrank")(LowRankCompression)
         RUNNERS.register("toy-reference")(ReferenceRunner)
         BACKENDS.register("toy-reference")(ReferenceBuilder)
         METRICS.register(OVERHEAD.name)(OVERHEAD)
@@ -141,8 +158,7 @@ def register() -> None:
 
 def unregister() -> None:
     LAYERS.unregister("toy-low-rank")
-    COMPRESSIONS.pop(LowRankConfig, None)
-    COMPRESSION_NAMES.pop("lowrank", None)
+    COMPRESSIONS.unregister("lowrank")
     RUNNERS.unregister("toy-reference")
     BACKENDS.unregister("toy-reference")
     METRICS.unregister(OVERHEAD.name)

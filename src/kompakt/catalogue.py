@@ -21,6 +21,7 @@ REGISTRIES = {
     "data": ("kompakt.data", "DATASETS"),
     "models": ("kompakt.models", "MODELS"),
     "layers": ("kompakt.layers", "LAYERS"),
+    "compressions": ("kompakt.compression", "COMPRESSIONS"),
 }
 KINDS = (*REGISTRIES, "backends")
 CATALOGUE_FILE = "catalogue.json"

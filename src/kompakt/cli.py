@@ -6,6 +6,8 @@ code 1; `kompakt --debug ...` shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
+
 import dataclasses
 import json
 import sys
@@ -42,10 +44,27 @@ class KompaktGroup(click.Group):
 @click.group(cls=KompaktGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kompakt")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    envvar="KOMPAKT_PLUGINS",
+    help="Import this module first (it registers layers, compressions, backends...); "
+    "repeatable, or KOMPAKT_PLUGINS=mod1,mod2.",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...]) -> None:
     """kompakt: train compressed image models, export them to ONNX, deploy and measure them."""
     ctx.ensure_object(dict)["debug"] = debug
+    for name in (n.strip() for item in plugins for n in item.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(
+                f"--plugin {name}: cannot import it ({error}); put its folder on PYTHONPATH"
+            ) from None
 
 
 def _int_list(text: str | None, name: str) -> tuple[int, ...] | None:

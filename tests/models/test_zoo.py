@@ -118,17 +118,20 @@ def test_compress_reports_layers_it_cannot_convert_with_the_reason():
 
 
 def test_compress_is_all_or_nothing_and_names_the_failing_layer():
-    from kompakt.models.surgery import COMPRESSIONS, register_compression
+    from kompakt.compression import COMPRESSIONS, Compression
 
     @dataclass(frozen=True)
     class Flaky:
         pass
 
-    @register_compression(Flaky, "flaky-test")
-    def _flaky(module, config):
-        if module.out_features == 10:
-            raise ValueError("cannot factorise 10")
-        return nn.Identity(), 0.0
+    @COMPRESSIONS.register("flaky-test")
+    class FlakyCompression(Compression):
+        config_type = Flaky
+
+        def replace(self, module, config):
+            if module.out_features == 10:
+                raise ValueError("cannot factorise 10")
+            return nn.Identity(), 0.0
 
     try:
         model = UserNet()
@@ -138,7 +141,7 @@ def test_compress_is_all_or_nothing_and_names_the_failing_layer():
         assert isinstance(model.fc1, nn.Linear)  # fc1 converted fine, but nothing was replaced
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     finally:
-        COMPRESSIONS.pop(Flaky)
+        COMPRESSIONS.unregister("flaky-test")
 
 
 def test_meta_groups_zero_is_a_config_error_and_larger_twins_warn():

@@ -146,7 +146,7 @@ def test_rank_budget_meets_the_ratio_within_two_percent():
         assert ratio <= achieved <= ratio * 1.02, (ratio, achieved)
     # spectra decide: a layer of exactly TT-rank 2 needs few parameters, the rest get them
     from kompakt.layers import TTLinear
-    from kompakt.models.ranks import matrix_modes
+    from kompakt.compression.ranks import matrix_modes
 
     low = nn.Linear(256, 256)
     in_modes, out_modes = matrix_modes(low)
@@ -370,3 +370,28 @@ def test_feature_matching_is_the_relative_error_of_the_compressed_layers():
     assert fine.feature_weight == 1.0 and TrainConfig(epochs=3).feature_weight == 0.0
     with pytest.raises(ConfigError, match="distill"):
         TrainConfig(distill_features=1.0)
+
+
+def test_rank_budget_spreads_over_convolutions_too():
+    """--ratio on a conv-only network (what raised 'none was selected' before): the selected
+    convs together shrink by the ratio (never above the budget, at most one rank step below),
+    and a conv whose kernel is exactly of low TT-rank gets fewer parameters than one of noise."""
+    from kompakt.layers import TTConv2d
+
+    torch.manual_seed(0)
+    for ratio in (4, 10):
+        net = nn.Sequential(
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)
+        )
+        report = compress_(net, TTConfig(ratio=ratio), filter_fn=lambda n, m: True)
+        assert all(isinstance(m, TTConv2d) for m in (net[0], net[2]))
+        achieved = report.params_before / report.params_after
+        assert ratio <= achieved <= ratio * 1.1, (ratio, achieved)
+    low = nn.Conv2d(64, 64, 3, padding=1)
+    with torch.no_grad():
+        low.weight.copy_(TTConv2d(64, 64, 3, padding=1, ranks=2).kernel())
+    net = nn.Sequential(low, nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+    report = compress_(net, TTConfig(ratio=6), filter_fn=lambda n, m: True)
+    rows = {r["name"]: r for r in report.layers}
+    assert rows["0"]["params_after"] < rows["2"]["params_after"]
+    assert rows["0"]["rel_error"] < 1e-6  # its TT-rank 2 was found exactly

@@ -10,15 +10,13 @@ from kompakt.models.checkpoint import (
 )
 from kompakt.models.common import set_submodule
 from kompakt.models.registry import MODELS, build_model
+from kompakt.compression import MetaHeadConfig, TTConfig, parse_compression
 from kompakt.models.surgery import (
     CompressionReport,
-    MetaHeadConfig,
-    TTConfig,
     apply_layer_specs_,
     compress_,
+    densify_,
     layer_specs,
-    parse_compression,
-    register_compression,
 )
 
 __all__ = [
@@ -33,8 +31,8 @@ __all__ = [
     "load_checkpoint",
     "make_checkpoint",
     "model_from_checkpoint",
+    "densify_",
     "parse_compression",
-    "register_compression",
     "save_checkpoint",
     "set_submodule",
 ]

@@ -10,77 +10,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from kompakt.compression import Compression, compression_for, name_of
+from kompakt.compression.base import params, rel_error
 from kompakt.errors import ConfigError
-from kompakt.layers import LAYERS, CompressedLayer, MetaHead, TTConv2d, TTLinear
+from kompakt.layers import LAYERS, CompressedLayer
 from kompakt.models.common import set_submodule
-
-
-@dataclass(frozen=True)
-class TTConfig:
-    """Replace Linear / Conv2d layers by TTLinear / TTConv2d initialised by TT-SVD.
-
-    Args:
-        ranks: rank cap (int) or exact ranks; with `eps` None and ranks None the cap is 8.
-        eps: relative Frobenius error bound of each layer's TT-SVD.
-        in_modes, out_modes: factorisations, used only for layers whose sizes they fit.
-        conv_variant: "tt" (Garipov) or "naive".
-        ratio: times fewer parameters for the selected layers together: ranks are spread over
-            their Linear layers' bonds by greedy error reduction per parameter
-            (`kompakt.models.ranks`); convolutions keep the `ranks` cap (default 8) and count
-            against the budget.
-        scope: what `ratio` counts: "layers" (the selected layers) or "model" (every parameter
-            of the model, so the layers that stay dense, BatchNorm and biases included, come
-            out of the same budget).
-        rescale: scale each truncated layer back to the dense weight's Frobenius norm, so the
-            activations keep their scale for fine-tuning (a rank-8 TT of a trained 6272x1536
-            layer keeps ~1 % of its energy, and the net then starts from a dead signal). The
-            report's weight error is the TT-SVD truncation error, before this scaling.
-    """
-
-    ranks: int | tuple[int, ...] | None = None
-    eps: float | None = None
-    in_modes: tuple[int, ...] | None = None
-    out_modes: tuple[int, ...] | None = None
-    conv_variant: str = "tt"
-    rescale: bool = True
-    ratio: float | None = None
-    scope: str = "layers"
-
-    def __post_init__(self) -> None:
-        if self.scope not in ("layers", "model"):
-            raise ConfigError(f"scope must be 'layers' or 'model', got {self.scope!r}")
-        if self.scope == "model" and self.ratio is None:
-            raise ConfigError(
-                "tt scope=model needs a ratio= (what the whole model should shrink by)"
-            )
-        if self.ratio is not None:
-            if not self.ratio > 1:
-                raise ConfigError(f"ratio must be > 1 (times fewer parameters), got {self.ratio}")
-            if self.eps is not None:
-                raise ConfigError("give tt a ratio or an eps, not both")
-
-
-@dataclass(frozen=True)
-class MetaHeadConfig:
-    """Replace Linear layers by MetaHead (G small FCs -> Meta(G, M))."""
-
-    groups: int
-    meta_out: int | None = None
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.groups < 1 or (self.meta_out is not None and self.meta_out < 1):
-            raise ConfigError(
-                f"meta needs groups >= 1 and meta_out >= 1, got groups={self.groups}, "
-                f"meta_out={self.meta_out}"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"meta dropout is a fraction in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -125,156 +64,14 @@ class CompressionReport:
         return "\n".join(lines)
 
 
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _rel_error(new: torch.Tensor, old: torch.Tensor) -> float:
-    return (torch.linalg.norm(new - old) / torch.linalg.norm(old).clamp_min(1e-30)).item()
-
-
-def _fits(modes: tuple[int, ...] | None, size: int) -> tuple[int, ...] | None:
-    return tuple(modes) if modes is not None and math.prod(modes) == size else None
-
-
-# config type -> handler(module, config) -> (replacement, relative weight error), or a reason
-# the module cannot be converted (None: a module type the compression does not handle)
-Replacement = tuple[nn.Module, float] | str | None
-COMPRESSIONS: dict[type, Callable[[nn.Module, object], Replacement]] = {}
-COMPRESSION_NAMES: dict[str, type] = {}  # "tt" -> TTConfig, for `--compress tt:ranks=8`
-
-
-def register_compression(config_type: type, name: str) -> Callable:
-    """Register the handler that compresses one module for `config_type` (torchao-style):
-    `compress_(model, config_type(...))` then calls it on every selected layer, and
-    `--compress NAME:key=value,...` builds the config."""
-
-    def decorate(handler: Callable) -> Callable:
-        COMPRESSIONS[config_type] = handler
-        COMPRESSION_NAMES[name] = config_type
-        return handler
-
-    return decorate
-
-
-def parse_compression(text: str) -> object:
-    """'tt:ranks=8', 'tt:eps=0.1,ranks=16', 'meta:groups=4,meta_out=2' -> a config object.
-
-    Values become int, float or bool by their spelling; the config's own validation judges them.
-    """
-    kind, _, rest = text.partition(":")
-    if kind not in COMPRESSION_NAMES:
-        choices = ", ".join(f"'{n}:'" for n in sorted(COMPRESSION_NAMES))
-        raise ConfigError(f"--compress must start with one of {choices}, got {text!r}")
-    values: dict[str, object] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--compress expects key=value pairs after 'kind:', got {item!r}")
-        values[key.strip()] = _parse_value(value.strip())
-    try:
-        return COMPRESSION_NAMES[kind](**values)
-    except TypeError as error:
-        raise ConfigError(f"--compress {text!r}: {error}") from None
-
-
-def _parse_value(text: str) -> object:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-@register_compression(TTConfig, "tt")
-def _tt_replacement(module: nn.Module, config: TTConfig) -> Replacement:
-    ranks = config.ranks if (config.ranks is not None or config.eps is not None) else 8
-    if isinstance(module, nn.Linear):
-        in_modes = _fits(config.in_modes, module.in_features)
-        out_modes = _fits(config.out_modes, module.out_features)
-        if (in_modes is None) != (out_modes is None):
-            in_modes = out_modes = None
-        new = TTLinear.from_dense(module, ranks, config.eps, in_modes, out_modes)
-        error = _rel_error(new.weight_dense(), module.weight.detach())  # TT-SVD truncation
-        if config.rescale:
-            _rescale_cores_(new, new.weight_dense(), module.weight)
-        return new, error
-    if isinstance(module, nn.Conv2d):
-        reason = _tt_conv_obstacle(module)
-        if reason:
-            return reason
-        new = TTConv2d.from_dense(module, ranks, config.eps, variant=config.conv_variant)
-        error = _rel_error(new.kernel(), module.weight.detach())  # TT-SVD truncation
-        if config.rescale:
-            _rescale_cores_(new, new.kernel(), module.weight)
-        return new, error
-    return None
-
-
-def _tt_conv_obstacle(conv: nn.Conv2d) -> str | None:
-    """Why a Conv2d cannot become a TTConv2d (None when it can)."""
-    if conv.groups != 1:
-        return f"grouped convolution (groups={conv.groups}); TT-conv needs groups=1"
-    if isinstance(conv.padding, str):
-        return f"padding={conv.padding!r}; TT-conv needs numeric padding"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}; TT-conv pads with zeros only"
-    if conv.in_channels < 4:
-        return f"{conv.in_channels} input channels; TT-conv needs >= 4 to factorise them"
-    return None
-
-
-def _rescale_cores_(layer: nn.Module, approx: torch.Tensor, dense: torch.Tensor) -> None:
-    ratio = (torch.linalg.norm(dense) / torch.linalg.norm(approx).clamp_min(1e-30)).item()
-    factor = ratio ** (1.0 / len(layer.cores))
-    with torch.no_grad():
-        for core in layer.cores:
-            core.mul_(factor)
-
-
-@register_compression(MetaHeadConfig, "meta")
-def _meta_replacement(module: nn.Module, config: MetaHeadConfig) -> Replacement:
-    if not isinstance(module, nn.Linear):
-        return None
-    groups, meta_out = config.groups, config.meta_out or config.groups
-    if module.in_features % groups or module.out_features % meta_out:
-        return (
-            f"{module.in_features} -> {module.out_features} features do not divide into "
-            f"{groups} groups / meta_out {meta_out}"
+def _layer_compression(config: object) -> Compression:
+    compression = compression_for(config)
+    if compression.kind != "layer":
+        raise ConfigError(
+            f"{name_of(type(config))} compresses the whole model, not single layers: use its "
+            "apply_ (kompakt prune / kompakt optimize), not compress_"
         )
-    weight = module.weight.detach()
-    new = MetaHead(
-        module.in_features,
-        module.out_features,
-        groups,
-        meta_out,
-        config.dropout,
-        bias=module.bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    if meta_out == groups:
-        # Start from the block diagonal of the trained weight, with Meta as the identity.
-        g_in, g_out = new.grouped.group_in, new.grouped.group_out
-        with torch.no_grad():
-            for g in range(groups):
-                block = weight[g * g_out : (g + 1) * g_out, g * g_in : (g + 1) * g_in]
-                new.grouped.weight[g].copy_(block.t())
-                if module.bias is not None:
-                    new.grouped.bias[g].copy_(module.bias[g * g_out : (g + 1) * g_out])
-            new.meta.weight.copy_(torch.eye(groups, dtype=weight.dtype))
-    return new, _rel_error(new.to_dense().weight.detach(), weight)
-
-
-# what each compression makes, so a model compressed before can be compressed again (e.g. to
-# lower TT ranks): those layers are first made dense again (`densify_`)
-REMAKES: dict[type, tuple[type, ...]] = {
-    TTConfig: (TTLinear, TTConv2d),
-    MetaHeadConfig: (MetaHead,),
-}
+    return compression
 
 
 def densify_(model: nn.Module, config: object) -> list[str]:
@@ -284,7 +81,7 @@ def densify_(model: nn.Module, config: object) -> list[str]:
     TT-SVD of its own weights (what TT rounding computes), so each rank step of a gradual
     compression starts from the previous one. Dense weights are materialised one layer at a
     time."""
-    kinds = REMAKES.get(type(config), ())
+    kinds = compression_for(config).produces
     names = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
     for name in names:
         layer = model.get_submodule(name)
@@ -306,13 +103,18 @@ def default_filter(name: str, module: nn.Module) -> bool:
 
 def compress_(
     model: nn.Module,
-    config: object,
+    config: object | dict[str, object],
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
     calib: torch.Tensor | None = None,
     refine_steps: int = 100,
     sequential: bool = True,
 ) -> CompressionReport:
     """Replace, in place, the Linear / Conv2d layers `filter_fn` selects by compressed twins.
+
+    `config` is one registered method's config (`kompakt.compression`: TTConfig,
+    MetaHeadConfig, a plugin's), applied to every selected layer (a budget such as
+    `TTConfig(ratio=10)` is first spread over them by the method's `plan`), or a per-layer plan
+    {layer name: config} that may mix methods (what `kompakt optimize` builds).
 
     All or nothing: every selected layer is converted first, and the model is changed only when
     all conversions succeeded (an error names the layer and leaves the model as it was). A
@@ -336,32 +138,38 @@ def compress_(
         a CompressionReport (per layer: old / new parameters, relative weight error; skipped
         layers with their reasons).
     """
-    build = COMPRESSIONS.get(type(config))
-    if build is None:
-        names = ", ".join(t.__name__ for t in COMPRESSIONS)
-        raise ConfigError(
-            f"config must be one of {names} (see register_compression), got {type(config).__name__}"
-        )
-    select = filter_fn or default_filter
+    if isinstance(config, dict):  # a per-layer plan: {layer name: config}
+        plan = dict(config)
+        targets = [(n, m) for n, m in model.named_modules() if n in plan]
+        missing = sorted(set(plan) - {n for n, _ in targets})
+        if missing:
+            raise ConfigError(f"compress_ plan names layers the model does not have: {missing}")
+        filter_fn = filter_fn or (lambda name, module: name in plan)
+        per_layer = plan
+    else:
+        select = filter_fn or default_filter
+        targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+        per_layer = _layer_compression(config).plan(model, targets, config)
     report = CompressionReport()
-    targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
-    per_layer = _ratio_plan(model, targets, config) if getattr(config, "ratio", None) else {}
     recorded = _record_io(model, [m for _, m in targets], calib) if calib is not None else {}
     replacements = []
     for name, module in targets:
+        layer_config = per_layer.get(name, config)
         try:
-            result = build(module, per_layer.get(name, config))
+            result = _layer_compression(layer_config).replace(module, layer_config)
         except (ValueError, RuntimeError) as error:
             raise ConfigError(
                 f"cannot compress layer {name!r} ({type(module).__name__}): {error}; the model "
                 "is unchanged"
             ) from error
         if not isinstance(result, tuple):
-            reason = result or f"{type(module).__name__} is not handled by {type(config).__name__}"
+            reason = result or (
+                f"{type(module).__name__} is not handled by {type(layer_config).__name__}"
+            )
             report.skipped.append({"name": name, "reason": reason})
             continue
         new, error = result
-        before, after = _params(module), _params(new)
+        before, after = params(module), params(new)
         if filter_fn is None and after > 0.9 * before:
             report.skipped.append(
                 {"name": name, "reason": f"the twin would keep {after / before:.0%} of the weights"}
@@ -392,8 +200,8 @@ def compress_(
                 {
                     "name": name,
                     "kind": _layer_name(new) or type(new).__name__,
-                    "params_before": _params(module),
-                    "params_after": _params(new),
+                    "params_before": params(module),
+                    "params_after": params(new),
                     "rel_error": error,
                     **fitted,
                 }
@@ -460,7 +268,7 @@ def _record_io(model: nn.Module, modules: list[nn.Module], calib: torch.Tensor) 
 
 def _output_error(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return _rel_error(module(x), y)
+        return rel_error(module(x), y)
 
 
 FIT_ROWS = 50_000  # output rows (samples x positions) the fit uses at most
@@ -505,64 +313,6 @@ def fit_outputs_(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
         after = before
     layer.train(was_training)
     return {"output_error_svd": before, "output_error": after}
-
-
-def _ratio_plan(
-    model: nn.Module, targets: list[tuple[str, nn.Module]], config: TTConfig
-) -> dict[str, TTConfig]:
-    """Per-Linear configs with the ranks `allocate_ranks` chose for `config.ratio`."""
-    from kompakt.models.ranks import allocate_ranks, matrix_modes
-
-    linears = {n: m for n, m in targets if isinstance(m, nn.Linear)}
-    if not linears:
-        raise ConfigError("tt ratio= spreads ranks over Linear layers; none was selected")
-    selected = sum(_params(m) for _, m in targets)
-    # what the other selected layers will hold: convs at the rank cap, the rest as is; with
-    # scope=model also every parameter outside the selected layers
-    fixed = 0
-    if config.scope == "model":
-        total = _params(model)
-        budget = total / config.ratio
-        fixed = total - selected
-        if fixed >= budget:
-            raise ConfigError(
-                f"tt ratio={config.ratio} scope=model: the {fixed:,} parameters outside the "
-                f"selected layers already exceed the budget {int(budget):,} (= {total:,} / "
-                f"{config.ratio}); select more layers or ask for a smaller ratio"
-            )
-    else:
-        budget = selected / config.ratio
-    for _, module in targets:
-        if isinstance(module, nn.Linear):
-            continue
-        if isinstance(module, nn.Conv2d) and not _tt_conv_obstacle(module):
-            twin = TTConv2d(  # the cores' shapes, without running TT-SVD twice
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                ranks=config.ranks or 8,
-                bias=module.bias is not None,
-                variant=config.conv_variant,
-            )
-            fixed += _params(twin)
-        else:
-            fixed += _params(module)
-    ranks = allocate_ranks(linears, int(budget - fixed))
-    plans = {}
-    for name, module in linears.items():
-        in_modes, out_modes = matrix_modes(module)
-        plans[name] = replace(
-            config,
-            ratio=None,
-            scope="layers",
-            ranks=ranks[name],
-            in_modes=in_modes,
-            out_modes=out_modes,
-        )
-    return plans
 
 
 def _layer_name(module: nn.Module) -> str | None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from kompakt.compression import COMPRESSIONS
+
 from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import load_checkpoint
 from kompakt.options import opt
@@ -27,7 +29,14 @@ from kompakt.train.trainer import TrainConfig, TrainHook, fit, initialise
 class CompressConfig:
     """The options of `kompakt compress`; field names are the CLI option names."""
 
-    method: Literal["tt", "meta"] = opt("tt", "tt (TT-SVD of large layers) or meta (MetaHead).")
+    method: str = opt(
+        "tt",
+        "A registered layer compression: tt (TT-SVD of large layers), meta (MetaHead), or a "
+        "plugin's (kompakt list compressions).",
+    )
+    method_args: str | None = opt(
+        None, "The method's options as key=value,... (e.g. rank=4 for a plugin's method)."
+    )
     ratio: float | None = opt(
         None,
         "tt: times fewer parameters in the compressed layers; ranks are spread over the Linear "
@@ -69,8 +78,17 @@ class CompressConfig:
     quiet: bool = opt(False, "No progress output.")
 
     def __post_init__(self) -> None:
-        if self.method not in ("tt", "meta"):
-            raise ConfigError(f"method must be 'tt' or 'meta', got {self.method!r}")
+        method = COMPRESSIONS.get(self.method)  # an unknown name lists the valid ones
+        if method.kind != "layer":
+            raise ConfigError(
+                f"--method {self.method} removes filters across the model: use kompakt prune "
+                "or kompakt optimize"
+            )
+        if self.method_args and self.method in ("tt", "meta"):
+            raise ConfigError(
+                f"--method {self.method} takes its options as flags (--ranks, --ratio, "
+                "--groups...), not --method-args"
+            )
         if self.scope == "model" and self.ratio is None:
             raise ConfigError("--scope model needs --ratio (what the whole model shrinks by)")
         if self.finetune_epochs < 0 or self.calib_samples < 0:
@@ -91,6 +109,8 @@ class CompressConfig:
         tt:ranks=8, tt:eps=0.3, meta:groups=4. Earlier steps of a gradual compression double
         the rank cap per step left, or take the ratio to the power step / steps."""
         step = step or self.steps
+        if self.method not in ("tt", "meta"):
+            return f"{self.method}:{self.method_args or ''}"
         if self.method == "meta":
             return f"meta:groups={self.groups}"
         if self.ratio is not None:

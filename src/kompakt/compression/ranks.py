@@ -1,12 +1,13 @@
-"""Rank budgets: `TTConfig(ratio=30)` spreads TT ranks over the selected layers by one global
-criterion instead of one cap for every layer.
+"""Rank budgets: `TTConfig(ratio=30)` spreads TT ranks over the selected layers (Linear and
+Conv2d alike) by one global criterion instead of one cap for every layer.
 
 For a TT-matrix, TT-SVD's squared error is at most the sum over bonds of the squared singular
 values each bond's unfolding drops (Oseledets 2011, Thm 2.2). Those spectra are computed once per
 layer; then, from rank 1 everywhere, the allocator repeatedly raises the one bond rank (in any
 layer) that removes the most relative squared error per added parameter, while the selected
-layers' parameters stay within their dense total / ratio. Layers the allocator does not plan
-(convolutions) keep the config's rank cap and count against the budget.
+layers' parameters stay within their dense total / ratio. A Conv2d is the TT-matrix TTConv2d
+stores (out, kh*kw*in) with modes (kh*kw, c_1..c_d) x (1, s_1..s_d); layers the allocator cannot
+plan (grouped convs) stay as they are and count against the budget.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from kompakt.errors import ConfigError
-from kompakt.layers import TTLinear
+from kompakt.layers import TTConv2d, TTLinear
 
 
 def matrix_modes(linear: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -27,13 +28,29 @@ def matrix_modes(linear: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return probe.in_modes, probe.out_modes
 
 
-def bond_spectra(linear: nn.Linear) -> tuple[list[int], list[torch.Tensor], float]:
+def tt_matrix(layer: nn.Linear | nn.Conv2d) -> tuple[torch.Tensor, tuple, tuple]:
+    """(weight as the TT-matrix's dense (out, in) matrix, in_modes, out_modes), as
+    `TTLinear.from_dense` / `TTConv2d.from_dense` factorise it."""
+    w = layer.weight.detach().double()
+    if isinstance(layer, nn.Linear):
+        in_modes, out_modes = matrix_modes(layer)
+        return w, in_modes, out_modes
+    probe = TTConv2d(
+        layer.in_channels, layer.out_channels, layer.kernel_size, ranks=1, bias=False
+    )
+    s, c = layer.out_channels, layer.in_channels
+    positions = layer.kernel_size[0] * layer.kernel_size[1]
+    matrix = w.reshape(s, c, positions).transpose(1, 2).reshape(s, positions * c)
+    return matrix, (positions, *probe.in_modes), (1, *probe.out_modes)
+
+
+def bond_spectra(layer: nn.Linear | nn.Conv2d) -> tuple[list[int], list[torch.Tensor], float]:
     """Mode sizes n_k * m_k, the squared singular values of every bond's unfolding (of the
     interleaved TT-matrix tensor) and the squared Frobenius norm of the weight."""
-    in_modes, out_modes = matrix_modes(linear)
+    matrix, in_modes, out_modes = tt_matrix(layer)
     d = len(in_modes)
     sizes = [n * m for n, m in zip(in_modes, out_modes, strict=True)]
-    w = linear.weight.detach().double().reshape(*out_modes, *in_modes)
+    w = matrix.reshape(*out_modes, *in_modes)
     w = w.permute([i for k in range(d) for i in (d + k, k)]).reshape(sizes)
     spectra = [
         torch.linalg.svdvals(w.reshape(math.prod(sizes[: k + 1]), -1)) ** 2 for k in range(d - 1)
@@ -47,13 +64,13 @@ def tt_params(sizes: list[int], ranks: list[int]) -> int:
     return sum(full[k] * sizes[k] * full[k + 1] for k in range(len(sizes)))
 
 
-def allocate_ranks(linears: dict[str, nn.Linear], budget: int) -> dict[str, tuple[int, ...]]:
-    """Bond ranks per layer whose TT parameters (plus biases) fit `budget`, by greedy error
-    reduction per parameter (see the module docstring)."""
+def allocate_ranks(layers: dict[str, nn.Module], budget: int) -> dict[str, tuple[int, ...]]:
+    """Bond ranks per Linear / Conv2d layer whose TT parameters (plus biases) fit `budget`, by
+    greedy error reduction per parameter (see the module docstring)."""
     plans = {}
-    for name, linear in linears.items():
-        sizes, spectra, energy = bond_spectra(linear)
-        bias = linear.out_features if linear.bias is not None else 0
+    for name, layer in layers.items():
+        sizes, spectra, energy = bond_spectra(layer)
+        bias = layer.bias.numel() if layer.bias is not None else 0
         plans[name] = {"sizes": sizes, "spectra": spectra, "energy": energy, "bias": bias}
         plans[name]["ranks"] = [1] * (len(sizes) - 1)
     used = sum(tt_params(p["sizes"], p["ranks"]) + p["bias"] for p in plans.values())
