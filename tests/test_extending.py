@@ -105,7 +105,6 @@ def test_a_plugin_compression_goes_through_kompakt_compress_from_the_cli(tmp_pat
     from pathlib import Path
 
     from clirun import kompakt
-
     from kompakt.models import load_checkpoint
 
     env = {"PYTHONPATH": str(Path(__file__).parent)}
@@ -116,7 +115,15 @@ def test_a_plugin_compression_goes_through_kompakt_compress_from_the_cli(tmp_pat
     out = tmp_path / "lowrank"
     args = ("compress", str(dense / "best.pt"), "--method", "lowrank", "--method-args", "rank=4")
     run = kompakt(
-        "--plugin", "toy_plugin", *args, "--finetune-epochs", "1", "--quiet", "-o", str(out), env=env
+        "--plugin",
+        "toy_plugin",
+        *args,
+        "--finetune-epochs",
+        "1",
+        "--quiet",
+        "-o",
+        str(out),
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     layers = load_checkpoint(out / "best.pt")["model"]["layers"]

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from kompakt.compression import COMPRESSIONS, Compression
 from kompakt.deploy.builders import BACKENDS, Artefact, Backend, BuildOptions, Capabilities
 from kompakt.layers import LAYERS, CompressedLayer
-from kompakt.compression import COMPRESSIONS, Compression
+from kompakt.models import MODELS
 from kompakt.runtime.backends import RUNNERS, require
 from kompakt.runtime_bench.metrics import METRICS, Metric
 
@@ -135,6 +136,34 @@ class ReferenceBuilder(Backend):
         return Artefact("model.reference.onnx", info={"note": "onnx.reference (slow, exact)"})
 
 
+# -- a model: a user's small CNN, trained and optimized through the CLI with --plugin ------------
+class ToyCNN(nn.Module):
+    """conv8 - conv32 - FC 512 -> 64 -> classes (a user's network, not from the zoo)."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        side = image_size // 2
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * side * side, 64), nn.ReLU(), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_toy_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return ToyCNN(num_classes, in_channels, image_size)
+
+
 # -- a metric -----------------------------------------------------------------------------------
 OVERHEAD = Metric(
     "toy_overhead_kib",
@@ -154,10 +183,12 @@ def register() -> None:
         RUNNERS.register("toy-reference")(ReferenceRunner)
         BACKENDS.register("toy-reference")(ReferenceBuilder)
         METRICS.register(OVERHEAD.name)(OVERHEAD)
+        MODELS.register("toy-cnn", help="a user's small CNN (tests/toy_plugin.py)")(build_toy_cnn)
 
 
 def unregister() -> None:
     LAYERS.unregister("toy-low-rank")
+    MODELS.unregister("toy-cnn")
     COMPRESSIONS.unregister("lowrank")
     RUNNERS.unregister("toy-reference")
     BACKENDS.unregister("toy-reference")

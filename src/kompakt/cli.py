@@ -6,9 +6,8 @@ code 1; `kompakt --debug ...` shows the traceback instead.
 
 from __future__ import annotations
 
-import importlib
-
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from kompakt.deploy.builders.base import BuildOptions
 from kompakt.deploy.bundle import DeployConfig
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export.exporter import ExportConfig
+from kompakt.optimize.config import OptimizeConfig
 from kompakt.options import click_options, config_from
 from kompakt.runtime_bench.bench import BenchConfig
 from kompakt.search.darts import SearchConfig
@@ -283,6 +283,36 @@ def prune_command(
             f"pruned ({method}, {ratio:.0%} of filters): {result.get('params')} "
             f"parameters; checkpoint {result.get('best')}"
         )
+
+
+@cli.command("optimize")
+@click.argument("ckpt", type=click.Path())
+@click_options(OptimizeConfig)
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these options.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def optimize_command(ctx: click.Context, ckpt: str, **_: object) -> None:
+    """Choose per layer how to prune, factorise and quantise CKPT for latency (or size) measured
+    on this machine, build and fine-tune it, and bench it against the dense FP32 / INT8 bundles;
+    writes OUT/optimize.md, optimize.json, pareto.png and the bundle."""
+    from kompakt.optimize import optimize
+
+    summary = optimize(ckpt, config_from(ctx, OptimizeConfig, "optimize"))
+    if ctx.params["as_json"]:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(f"bundle: {summary['bundle']}")
+    for name, row in summary["versus"].items():
+        speed = ", ".join(f"b{b} {v:.2f}x" for b, v in row["speedup"].items())
+        click.echo(
+            f"vs {name}: {speed} faster, {row['smaller_file']:.1f}x smaller file, top-1 "
+            f"{row['top1_change_points']:+.2f} points"
+        )
+    if not summary["within_accuracy_limit"]:
+        click.echo(
+            "warning: no round met --max-accuracy-drop; the last round is reported", err=True
+        )
+    click.echo(f"report: {Path(summary['config']['out']) / 'optimize.md'}")
 
 
 @cli.command("compress")

@@ -145,8 +145,8 @@ def test_rank_budget_meets_the_ratio_within_two_percent():
         achieved = report.params_before / report.params_after
         assert ratio <= achieved <= ratio * 1.02, (ratio, achieved)
     # spectra decide: a layer of exactly TT-rank 2 needs few parameters, the rest get them
-    from kompakt.layers import TTLinear
     from kompakt.compression.ranks import matrix_modes
+    from kompakt.layers import TTLinear
 
     low = nn.Linear(256, 256)
     in_modes, out_modes = matrix_modes(low)

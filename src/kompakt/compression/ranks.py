@@ -35,9 +35,7 @@ def tt_matrix(layer: nn.Linear | nn.Conv2d) -> tuple[torch.Tensor, tuple, tuple]
     if isinstance(layer, nn.Linear):
         in_modes, out_modes = matrix_modes(layer)
         return w, in_modes, out_modes
-    probe = TTConv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, ranks=1, bias=False
-    )
+    probe = TTConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, ranks=1, bias=False)
     s, c = layer.out_channels, layer.in_channels
     positions = layer.kernel_size[0] * layer.kernel_size[1]
     matrix = w.reshape(s, c, positions).transpose(1, 2).reshape(s, positions * c)

@@ -127,9 +127,7 @@ class TTCompression(Compression):
             for n, m in targets
             if isinstance(m, nn.Linear)
             or (
-                isinstance(m, nn.Conv2d)
-                and config.conv_variant == "tt"
-                and not tt_conv_obstacle(m)
+                isinstance(m, nn.Conv2d) and config.conv_variant == "tt" and not tt_conv_obstacle(m)
             )
         }
         if not plannable:

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from kompakt import __version__, metrics
+from kompakt import __version__, measure
 from kompakt._io import atomic_write_text
 from kompakt.deploy.builders import BACKENDS, BuildOptions, profile_batches
 from kompakt.deploy.fp16 import convert_to_fp16
@@ -156,20 +156,6 @@ def _splits(name: str | None, root: str | None, shape: list, meta: dict) -> dict
     }
 
 
-def _run_batches(run, x: np.ndarray, batch: int, fixed: bool = False) -> np.ndarray:
-    """Outputs for every row of x in chunks of `batch`; a fixed-batch model gets exactly `batch`
-    rows each time (the last chunk is padded with repeats and trimmed)."""
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        if fixed and len(chunk) < batch:
-            pad = np.concatenate([chunk] * (batch // len(chunk) + 1))[:batch]
-            outs.append(run(pad)[: len(chunk)])
-        else:
-            outs.append(run(chunk))
-    return np.concatenate(outs)
-
-
 def _versions() -> dict:
     packages = ("onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
     found = {package: package_version(package) for package in packages}
@@ -291,7 +277,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
     chunk = batch_axis if fixed else min(64, max_batch or 64)
     last: dict = {}
 
-    def measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
+    def build_and_measure(graph_path: Path) -> tuple[dict, dict | None, dict]:
         artefact = backend.build(graph_path, tmp, precision, options)
         provisional = _manifest(
             config,
@@ -314,24 +300,24 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
         else:
             shape = [d if isinstance(d, int) and d > 0 else 2 for d in inputs[0]["shape"]]
             x = np.random.default_rng(0).standard_normal([8, *shape[1:]]).astype(np.float32)
-        reference = _run_batches(
+        reference = measure.run_batches(
             lambda b: reference_session.run(None, {inputs[0]["name"]: b})[0], x, chunk, fixed
         )
-        got = _run_batches(runner.run, x, chunk, fixed)
+        got = measure.run_batches(runner.run, x, chunk, fixed)
         runner.close()
         last.update(x=x, reference=reference, got=got)
-        parity = {"vs_source_onnx": metrics.parity(reference, got)}
+        parity = {"vs_source_onnx": measure.parity(reference, got)}
         accuracy = None
         if data is not None:
             labels = data["val_labels"][: len(x)]
-            base = metrics.accuracy(reference, labels, data["task"])
-            mine = metrics.accuracy(got, labels, data["task"])
+            base = measure.accuracy(reference, labels, data["task"])
+            mine = measure.accuracy(got, labels, data["task"])
             accuracy = {"split": "val", "samples": len(x), "fp32_source": base, "bundle": mine}
             if "top1" in base:
                 accuracy["drop_points"] = round(100 * (base["top1"] - mine["top1"]), 3)
         return artefact, accuracy, parity
 
-    artefact, accuracy, parity = measure(graph)
+    artefact, accuracy, parity = build_and_measure(graph)
     if precision == "int8" and config.max_accuracy_drop is not None and accuracy:
         candidates = quantizable_nodes(tmp / "model.onnx")
         excluded: list[str] = []
@@ -351,7 +337,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 float_bias=backend.capabilities.int8_float_bias,
             )
             quantization = _quantization_record(result, backend)
-            artefact, accuracy, parity = measure(graph)
+            artefact, accuracy, parity = build_and_measure(graph)
         quantization["accuracy_guard"] = {
             "max_drop_points": config.max_accuracy_drop,
             "met": accuracy.get("drop_points", 0) <= config.max_accuracy_drop,
@@ -584,7 +570,7 @@ def _golden(tmp: Path, config: DeployConfig, last: dict) -> dict:
     """Store the first validation inputs with the source graph's FP32 outputs, and the tolerance
     this build measured, so `kompakt verify` can re-check the numbers anywhere."""
     count = min(config.golden_samples, len(last["x"]))
-    measured = metrics.parity(last["reference"][:count], last["got"][:count])
+    measured = measure.parity(last["reference"][:count], last["got"][:count])
     return {
         "file": golden.save_golden(tmp, last["x"][:count], last["reference"][:count]),
         "samples": count,
@@ -607,23 +593,19 @@ def _runner(bundle: Path, manifest: dict, artefact: str, threads: int | None):
 
 
 def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> dict:
-    import torch
-
-    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(ckpt_path))
     if data is not None:
         x = data["val"][: min(config.eval_samples, 256)]
     else:
         shape = [d if isinstance(d, int) and d > 0 else 8 for d in inputs[0]["shape"]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    with torch.no_grad():
-        reference = model(torch.from_numpy(x)).numpy()
     manifest = json.loads((tmp / MANIFEST).read_text())
     runner = _runner(tmp, manifest, artefact, options.threads)
-    got = _run_batches(runner.run, x, min(64, manifest.get("max_batch") or 64))
-    runner.close()
-    return metrics.parity(reference, got)
+    try:
+        return measure.pytorch_parity(
+            ckpt_path, runner.run, x, min(64, manifest.get("max_batch") or 64)
+        )
+    finally:
+        runner.close()
 
 
 def engine_max_batch(backend, options: BuildOptions, batch_axis: object) -> int | None:

@@ -34,7 +34,7 @@ from kompakt.errors import ConfigError, KompaktError
 from kompakt.export.fc_to_conv import fc_to_conv
 from kompakt.export.trt_lint import lint_trt
 from kompakt.layers import CompressedLayer
-from kompakt.metrics import parity
+from kompakt.measure import parity
 from kompakt.models.common import set_submodule
 from kompakt.options import opt
 from kompakt.runtime.preprocessing import Preprocessing

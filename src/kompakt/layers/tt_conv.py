@@ -387,9 +387,11 @@ class TTConv2d(CompressedLayer):
     def export_forms(self) -> tuple[str, ...]:
         # factored: the kernel is rebuilt in-graph from the cores and fed to one Conv (the file
         # keeps only the cores); chain: spatial conv + per-pixel core chain; separable: grouped
-        # spatial conv + 1x1 conv (`_forward_separable`); dense: a plain Conv
+        # spatial conv + 1x1 conv (`_forward_separable`), the 1x1 kernel rebuilt in-graph;
+        # lowered: the same two convs with both kernels stored (`lowered`), which INT8
+        # quantises; dense: a plain Conv
         if self.variant == "tt":
-            return ("factored", "dense", "chain", "separable")
+            return ("factored", "dense", "chain", "separable", "lowered")
         return ("factored", "dense")
 
     def export_ops(self, input_shape: tuple[int, ...], form: str) -> list[tuple]:
@@ -400,7 +402,7 @@ class TTConv2d(CompressedLayer):
         if form in ("factored", "dense"):
             return [("conv", b, c, h, w, s, 1, kh, kw, ho, wo)]
         r1 = self.ranks[1]
-        if form == "separable":
+        if form in ("separable", "lowered"):
             return [
                 ("conv", b, c, h, w, c * r1, c, kh, kw, ho, wo),
                 ("conv", b, c * r1, ho, wo, s, 1, 1, 1, ho, wo),
@@ -428,11 +430,50 @@ class TTConv2d(CompressedLayer):
             costs["separable"] = (
                 batch * ho * wo * self.in_channels * r1 * (positions + self.out_channels)
             )
+            costs["lowered"] = costs["separable"]
         return costs
+
+    @torch.no_grad()
+    def lowered(self) -> nn.Sequential:
+        """The separable form as two plain convolutions with stored kernels: a grouped conv
+        (C -> C*r1, each input channel through the r1 spatial filters) and a 1x1 conv with the
+        channel matrix. Equal to this layer (same outputs); ONNX Runtime's INT8 quantiser treats
+        both as ordinary convs, which the in-graph rebuilt kernels of the other forms prevent."""
+        if self.variant != "tt":
+            raise ValueError("only the tt variant has a separable (lowered) form")
+        kh, kw = self.kernel_size
+        r1, c, s = self.ranks[1], self.in_channels, self.out_channels
+        weight = self.cores[0]
+        spatial = nn.Conv2d(
+            c,
+            c * r1,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=c,
+            bias=False,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        spatial.weight.copy_(
+            self.cores[0].reshape(kh * kw, r1).t().reshape(r1, 1, kh, kw).repeat(c, 1, 1, 1)
+        )
+        mix = nn.Conv2d(
+            c * r1, s, 1, bias=self.bias is not None, device=weight.device, dtype=weight.dtype
+        )
+        mix.weight.copy_(self.channel_matrix().permute(0, 2, 1).reshape(s, c * r1, 1, 1))
+        if self.bias is not None:
+            mix.bias.copy_(self.bias)
+        lowered = nn.Sequential(spatial, mix)
+        lowered.train(self.training)
+        return lowered
 
     def export_as(self, form: str) -> nn.Module:
         if form == "dense":
             return self.to_dense()
+        if form == "lowered" and form in self.export_forms():
+            return self.lowered()
         if form not in self.export_forms():
             raise ValueError(f"TTConv2d has no export form {form!r}")
         self.forward_mode = {"chain": "factored", "separable": "separable"}.get(form, "dense")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from kompakt import __version__, options
+from kompakt import __version__, measure, options
 from kompakt._io import atomic_write_text, sha256_file
 from kompakt.errors import ConfigError
 
@@ -405,7 +405,8 @@ def summarise(results: dict, checkpoints: dict[str, Path], bundle_models: dict[s
 
 
 def _ratio(base: float | None, value: float | None) -> float | None:
-    return round(base / value, 2) if base and value else None
+    found = measure.ratio(base, value)
+    return round(found, 2) if found is not None else None
 
 
 def ratios(rows: list[dict], baseline: str) -> list[dict]:

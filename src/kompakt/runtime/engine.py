@@ -20,7 +20,7 @@ from kompakt.errors import (
     KompaktError,
     ShapeError,
 )
-from kompakt.metrics import class_scores
+from kompakt.measure import class_scores
 from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS
 from kompakt.runtime.cpu import check_int8_bundle

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kompakt.errors import KompaktError
-from kompakt.metrics import parity
+from kompakt.measure import parity
 from kompakt.runtime.manifest import confined
 
 GOLDEN_FILE = "golden.npz"

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from kompakt import __version__, metrics
+from kompakt import __version__, measure
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine
 from kompakt.options import opt
@@ -355,30 +355,15 @@ def _inputs(engine, raw: np.ndarray) -> np.ndarray:
 
 def _run_all(engine, x: np.ndarray) -> np.ndarray:
     """Outputs for every row of x, in chunks the engine accepts."""
-    step = min(64, engine.max_batch or 64)
-    return np.concatenate([engine.run(x[i : i + step]) for i in range(0, len(x), step)])
+    return measure.run_batches(engine.run, x, min(64, engine.max_batch or 64))
 
 
 def _accuracy(engine, x: np.ndarray, y: np.ndarray, task: str) -> dict:
-    logits = metrics.class_scores(_run_all(engine, x))
-    out = {**metrics.accuracy(logits, y, task), "samples": len(y)}
-    if task == "regression":
-        return out
-    if logits.shape[1] > 10:
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        out["top5"] = float((top5 == y[:, None]).any(1).mean())
-    return out
+    return measure.accuracy_report(_run_all(engine, x), y, task)
 
 
 def _parity(engine, ckpt: str, x: np.ndarray) -> dict:
-    import torch
-
-    from kompakt.models.checkpoint import load_checkpoint, model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(ckpt))
-    with torch.no_grad():
-        reference = model(torch.from_numpy(x)).numpy()
-    return metrics.parity(reference, _run_all(engine, x))
+    return measure.pytorch_parity(ckpt, engine.run, x, min(64, engine.max_batch or 64))
 
 
 def _bundle_bytes(bundle: Path, manifest: dict) -> tuple[int, int]:
@@ -588,7 +573,9 @@ def _add_ratios(results: list[dict]) -> None:
         ratios: dict[str, float] = {}
         for batch, stats in entry["latency"].items():
             if batch in base["latency"]:
-                ratios[f"p50_speedup_b{batch}"] = base["latency"][batch]["p50_ms"] / stats["p50_ms"]
+                speedup = measure.ratio(base["latency"][batch]["p50_ms"], stats["p50_ms"])
+                if speedup is not None:
+                    ratios[f"p50_speedup_b{batch}"] = speedup
         for metric in measured(results):
             was, now = base["metrics"].get(metric.name), entry["metrics"].get(metric.name)
             if was is not None and now is not None:

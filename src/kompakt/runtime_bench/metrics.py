@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from kompakt.errors import ConfigError
+from kompakt.measure import ratio
 from kompakt.registry import Registry
 
 
@@ -90,10 +91,8 @@ class Metric:
         return diff / abs(old) if old else 0.0
 
     def ratio(self, base: float, value: float) -> float | None:
-        """> 1 means `value` is better than `base`."""
-        if not base or not value:
-            return None
-        return base / value if self.better == "lower" else value / base
+        """> 1 means `value` is better than `base` (`kompakt.measure.ratio`)."""
+        return ratio(base, value, self.better)
 
 
 METRICS: Registry = Registry("metric")

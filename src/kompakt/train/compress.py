@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from kompakt.compression import COMPRESSIONS
-
 from kompakt.errors import ConfigError
 from kompakt.models.checkpoint import load_checkpoint
 from kompakt.options import opt

@@ -146,8 +146,10 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise ConfigError("distill_alpha must be a fraction in [0, 1], distill_temperature > 0")
-        if self.distill and not (self.init_from and self.compress):
-            raise ConfigError("--distill needs a teacher: --init-from CKPT with --compress")
+        if self.distill and not self.fine_tuning:
+            raise ConfigError(
+                "--distill needs a teacher: --init-from CKPT with --compress, or --teacher"
+            )
         features = self.distill_features
         if features is not None and not (features >= 0 and math.isfinite(features)):
             raise ConfigError(f"distill_features must be >= 0, got {features}")
@@ -161,8 +163,9 @@ class TrainConfig:
 
     @property
     def fine_tuning(self) -> bool:
-        """A trained model compressed and fine-tuned (the `kompakt compress` recipe)."""
-        return bool(self.init_from and self.compress)
+        """A trained model compressed and fine-tuned (the `kompakt compress` recipe), or a
+        model compressed elsewhere (`kompakt optimize`) fine-tuned against its --teacher."""
+        return bool(self.init_from and (self.compress or self.teacher))
 
     @property
     def warmup(self) -> float:
@@ -229,6 +232,10 @@ def distillation_loss(
     return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
 
+def _out_size(module: nn.Module) -> int | None:
+    return getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+
+
 class FeatureMatching:
     """The feature term of distillation: the outputs of the student's compressed layers against
     the teacher's layers of the same names (the dense originals), each as a relative squared
@@ -236,11 +243,13 @@ class FeatureMatching:
     ordinary forward passes run; `loss()` reads them."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
-        teacher_names = {name for name, _ in teacher.named_modules()}
+        teacher_modules = dict(teacher.named_modules())
         self.names = [
             name
             for name, module in student.named_modules()
-            if isinstance(module, CompressedLayer) and name in teacher_names
+            if isinstance(module, CompressedLayer)
+            and name in teacher_modules
+            and _out_size(module) == _out_size(teacher_modules[name])  # not a pruned layer
         ]
         if not self.names:
             raise ConfigError(
