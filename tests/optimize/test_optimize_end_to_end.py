@@ -52,12 +52,12 @@ def test_optimize_a_user_model_from_the_cli(tmp_path):
     summary = json.loads((out / "optimize.json").read_text())
     costs = json.loads((out / "costs.json").read_text())
     # the space: the model as trained and pruned by half; the plugin's ranks on the FC layer
-    assert set(costs["models"]) == {"none", "prune"}
+    assert set(costs["models"]) == {"none", "prune:ratio=0.5"}
     options = costs["models"]["none"]["layers"]["head.1"]
     assert set(options) == {"keep", "lowrank:rank=2", "lowrank:rank=4", "lowrank:rank=8"}
     assert options["keep"]["error"] == 0 and options["lowrank:rank=2"]["error"] > 0
     # the pruned model really is smaller (its FC takes half the channels)
-    assert costs["models"]["prune"]["params"] < costs["models"]["none"]["params"]
+    assert costs["models"]["prune:ratio=0.5"]["params"] < costs["models"]["none"]["params"]
     chosen = summary["rounds"][0]
     assert chosen["selection"]["precision"] in ("fp32", "int8")
     assert set(chosen["measured"]["bundles"]) == {"dense-fp32", "dense-int8", "optimized"}

@@ -137,7 +137,7 @@ def test_the_space_comes_from_the_registry_and_a_plugin_joins_it():
     assert [c.label for c in model_choices(net, None)] == [
         NO_PRUNE,
         "prune:ratio=0.25",
-        "prune",  # the default ratio 0.5 is not spelled out
+        "prune:ratio=0.5",
     ]
     toy = importlib.import_module("toy_plugin")
     toy.register()

@@ -55,12 +55,15 @@ class Compression:
         return []
 
     def describe(self, config: object) -> str:
-        """The `--compress` spelling of `config` (NAME:key=value,...)."""
+        """The `--compress` spelling of `config` (NAME:key=value,...): the first field always (the
+        method's main knob, so a label never hides it), the others where they differ from their
+        defaults."""
         name = name_of(type(config))
         values = [
             f"{f.name}={getattr(config, f.name)}"
-            for f in fields(config)
-            if getattr(config, f.name) != f.default
+            for i, f in enumerate(fields(config))
+            if (i == 0 and getattr(config, f.name) is not None)
+            or getattr(config, f.name) != f.default
         ]
         return f"{name}:{','.join(values)}" if values else name
 

@@ -139,54 +139,55 @@ def plot(summary: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points = []  # (label, precision, p50 per batch, kib, top1, chosen)
     first = summary["rounds"][0]["measured"]["bundles"]
-    for name, row in first.items():
-        if name != "optimized":
-            points.append((name, row, False))
+    points = [(name, row, False) for name, row in first.items() if name != "optimized"]
     for r in summary["rounds"]:
         row = r["measured"]["bundles"]["optimized"]
         points.append((f"round {r['round']}", row, r["round"] == summary["chosen_round"]))
     batches = list(first["optimized"]["p50_ms"])
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-    largest = max(row["artefact_kib"] for _, row, _ in points)
     for ax, batch in zip(axes[0], batches, strict=True):
-        xy = []
-        for label, row, chosen in points:
-            x, y = row["p50_ms"].get(batch), 100 * (row["top1"] or 0)
-            if x is None:
-                continue
-            xy.append((x, y))
-            ax.scatter(
-                x,
-                y,
-                s=40 + 400 * (row["artefact_kib"] / largest) ** 0.5,
-                marker="*" if chosen else ("s" if label.startswith("dense") else "o"),
-                alpha=0.7,
-                color="C3" if chosen else ("C0" if label.startswith("dense") else "C2"),
-            )
-            ax.annotate(
-                f"{label} ({row['precision']})\n{row['artefact_kib']:,.0f} KiB",
-                (x, y),
-                xytext=(6, -14 if chosen else 6),
-                textcoords="offset points",
-                fontsize=7,
-            )
-        front = sorted(xy)
-        best, line = -1.0, []
-        for x, y in front:
-            if y > best:
-                line.append((x, y))
-                best = y
-        if len(line) > 1:
-            ax.step(*zip(*line, strict=True), where="post", ls="--", color="grey", lw=1)
-        ax.set(
-            xlabel=f"p50 latency at batch {batch} (ms)",
-            ylabel="top-1 accuracy (%)",
-            title=f"batch {batch}: measured bundles (star = chosen, area = file size)",
-        )
-        ax.margins(0.2)
-        ax.grid(True, alpha=0.3)
+        _panel(ax, points, batch)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def _panel(ax, points: list[tuple[str, dict, bool]], batch: str) -> None:
+    largest = max(row["artefact_kib"] for _, row, _ in points)
+    xy = []
+    for label, row, chosen in points:
+        x, y = row["p50_ms"].get(batch), 100 * (row["top1"] or 0)
+        if x is None:
+            continue
+        xy.append((x, y))
+        dense = label.startswith("dense")
+        ax.scatter(
+            x,
+            y,
+            s=40 + 400 * (row["artefact_kib"] / largest) ** 0.5,
+            marker="*" if chosen else ("s" if dense else "o"),
+            alpha=0.7,
+            color="C3" if chosen else ("C0" if dense else "C2"),
+        )
+        ax.annotate(
+            f"{label} ({row['precision']})\n{row['artefact_kib']:,.0f} KiB",
+            (x, y),
+            xytext=(6, -14 if chosen else 6),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    best, line = -1.0, []
+    for x, y in sorted(xy):  # the front: each point more accurate than every faster one
+        if y > best:
+            line.append((x, y))
+            best = y
+    if len(line) > 1:
+        ax.step(*zip(*line, strict=True), where="post", ls="--", color="grey", lw=1)
+    ax.set(
+        xlabel=f"p50 latency at batch {batch} (ms)",
+        ylabel="top-1 accuracy (%)",
+        title=f"batch {batch}: measured bundles (star = chosen, area = file size)",
+    )
+    ax.margins(0.2)
+    ax.grid(True, alpha=0.3)
