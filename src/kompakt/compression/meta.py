@@ -1,4 +1,5 @@
-"""MetaHead: a Linear -> G small FCs over feature groups + Meta(G, M) mixing (seed 003)."""
+"""MetaHead: a Linear -> G small FCs over feature groups + Meta(G, M) mixing (Kondaurova &
+Semenov)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 A whole-model method: channel groups tied by residual adds are pruned together, and the
 consumers (next convs, the first Linear after a flatten) lose the matching inputs. The relevance
-criterion (seed 001) prunes *while* training and lives in `kompakt.train.pruning.relevance`."""
+criterion (Novikov & Buryak) prunes *while* training and lives in
+`kompakt.train.pruning.relevance`."""
 
 from __future__ import annotations
 

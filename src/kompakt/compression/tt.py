@@ -1,4 +1,4 @@
-"""Tensor-Train: Linear -> TTLinear, Conv2d -> TTConv2d, initialised by TT-SVD (seed 002)."""
+"""Tensor-Train: Linear -> TTLinear, Conv2d -> TTConv2d, by TT-SVD (Garipov's thesis)."""
 
 from __future__ import annotations
 

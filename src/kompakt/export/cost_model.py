@@ -4,8 +4,9 @@ a compressed layer without timing each one.
 
 Why not multiply-adds alone: small GEMMs (inner dimensions <= 32, as in a TT chain) run far
 below the machine's peak, and every op and every batched-GEMM call has a fixed overhead; a
-form with 2x fewer multiply-adds can be 5x slower (issue 16). The features below carry those
-effects: seconds = w . features, with w >= 0 fitted for the smallest *relative* error.
+form with 2x fewer multiply-adds can be 5x slower (benchmarks/export_tt.py). The features
+below carry those effects: seconds = w . features, with w >= 0 fitted for the smallest
+*relative* error.
 
 - gemm (count, m, k, n): [1, count, macs, input elements, output elements]
 - conv (n, c, h, w, s, groups, kh, kw, ho, wo): [1, macs, macs if grouped, input elements,

@@ -1,4 +1,4 @@
-"""FC-to-conv (CS231n, seed 002): a Flatten -> Linear head becomes convolutions.
+"""FC-to-conv (CS231n, CS231n notes): a Flatten -> Linear head becomes convolutions.
 
 The first Linear after the Flatten becomes a Conv2d whose kernel covers the whole feature map it
 used to flatten; every following Linear becomes a 1x1 Conv2d. At the training size the output is

@@ -1,4 +1,5 @@
-"""ChannelConv3d: a Conv3d over the channel axis replacing a Conv2d (seed 000, section 2.1)."""
+"""ChannelConv3d: a Conv3d over the channel axis replacing a Conv2d (Kondaurova &
+Semenov, section 2.1)."""
 
 from __future__ import annotations
 

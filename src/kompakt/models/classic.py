@@ -1,4 +1,5 @@
-"""LeNet-5, ResNet-18 and VGG-16 for small images (the pruning targets of seed 001), and an MLP.
+"""LeNet-5, ResNet-18 and VGG-16 for small images (the pruning targets of Novikov &
+Buryak), and an MLP.
 
 `width` scales every channel count of ResNet/VGG (1.0 = the CIFAR originals) so they train on
 two CPU cores; 8x8 inputs skip max-pools that would shrink a map below 1x1.

@@ -1,4 +1,4 @@
-"""The Meta family of seed 000 (Kondaurova & Semenov), scaled for small images.
+"""The Meta family of Kondaurova & Semenov, scaled for small images.
 
 - `meta-baseline`: conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, FC hidden -> classes.
 - `meta-head`: the hidden FC replaced by 4 x (FC -> Dropout) -> Meta(4, 4) (MetaHead).
@@ -102,7 +102,7 @@ def _register(name: str, variant: str, help: str) -> None:
     MODELS.register(name, help=help)(build)
 
 
-_register("meta-baseline", "baseline", "seed 000 baseline: 2 convs + FC head")
+_register("meta-baseline", "baseline", "Kondaurova & Semenov's baseline: 2 convs + FC head")
 _register("meta-head", "head", "meta-baseline with 4 x (FC -> Dropout) -> Meta as the FC head")
 _register("meta-conv3d", "conv3d", "meta-baseline with a Conv3d over channels as the second conv")
 _register(

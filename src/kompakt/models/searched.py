@@ -1,4 +1,4 @@
-"""Searched architectures (seed 004): the plain model rebuilt from a genotype.
+"""Searched architectures (Taranov, Bakhteev & Strijov): the plain model rebuilt from a genotype.
 
 A genotype is a JSON-able dict {"space", "width", "nodes", "edges": [{"from", "to", "op"}]}:
 node 0 is the stem's output, node j > 0 sums its incoming edges, and each kept edge runs one

@@ -1,4 +1,5 @@
-"""Structure search by relaxation (seed 004): MixedOp cells, first-order DARTS, discretisation."""
+"""Structure search by relaxation (Taranov, Bakhteev & Strijov): MixedOp cells, first-order
+DARTS, discretisation."""
 
 from kompakt.search.darts import SearchConfig, search
 from kompakt.search.space import MixedOp, SearchedNet, SuperNet

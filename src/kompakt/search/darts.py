@@ -2,10 +2,10 @@
 
 Bilevel optimisation, alternating per step: structure gamma on a validation batch, then weights
 on a training batch (first-order: the weight step's effect on the validation loss is ignored).
-Structural prior (seed 004): lambda * sum_edges -log Dir(softmax(gamma) | alpha) with alpha < 1,
-which pushes each edge's mixture towards one-hot. Size penalty: mu * expected parameters of the
-cell (softmax-weighted), relative to the largest candidate, so the search trades accuracy for
-size. Discretisation keeps argmax per edge and drops zero edges.
+Structural prior (Taranov, Bakhteev & Strijov): lambda * sum_edges -log Dir(softmax(gamma) |
+alpha) with alpha < 1, which pushes each edge's mixture towards one-hot. Size penalty: mu *
+expected parameters of the cell (softmax-weighted), relative to the largest candidate, so the
+search trades accuracy for size. Discretisation keeps argmax per edge and drops zero edges.
 """
 
 from __future__ import annotations

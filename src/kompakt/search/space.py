@@ -1,4 +1,4 @@
-"""Search spaces (seed 004): a DAG cell whose edges mix candidate primitives.
+"""Search spaces (Taranov, Bakhteev & Strijov): a DAG cell whose edges mix candidate primitives.
 
 Edge (i, j) computes sum_k softmax(gamma_ij)_k g_k(h_i) while searching (MixedOp) and keeps one
 primitive after discretisation into a `kompakt.models.searched.SearchedNet` (the primitives,

@@ -444,8 +444,8 @@ class TrainHook:
 
 
 class _RelevanceHook(TrainHook):
-    """Relevance pruning (seed 001) in the loop: random exclusion before each step, the
-    relevance update and the removal test after it."""
+    """Relevance pruning (Novikov & Buryak) in the loop: random exclusion before each step,
+    the relevance update and the removal test after it."""
 
     def __init__(self, pruner: RelevancePruner) -> None:
         self.pruner = pruner

@@ -1,4 +1,5 @@
-"""Filter pruning: relevance during training (seed 001), L1 and Euclidean baselines, compaction.
+"""Filter pruning: relevance during training (Novikov & Buryak), L1 and Euclidean
+baselines, compaction.
 
 Structure comes from a torch.fx trace: every Conv2d (groups=1) is a producer; its output passes
 through BatchNorm / activations / pooling / dropout / flatten to consumers (Conv2d in-channels,
@@ -7,9 +8,10 @@ reaches it into one group (pruned together or not at all). A group's mask zeroes
 at the producers' outputs *after* their BatchNorm, which is exactly what removing the channels
 does, so `compact_` (physical removal) gives the masked model's outputs.
 
-The package: `graph` (fx channel groups), `criteria` (L1 / Euclidean), `relevance` (seed 001,
-a training hook), `compact` (masks and physical removal); the resize records that make a pruned
-model reload live in `kompakt.models.resize`, the `kompakt prune` workflow in `train/prune.py`.
+The package: `graph` (fx channel groups), `criteria` (L1 / Euclidean), `relevance` (Novikov &
+Buryak, a training hook), `compact` (masks and physical removal); the resize records that
+make a pruned model reload live in `kompakt.models.resize`, the `kompakt prune` workflow in
+`train/prune.py`.
 """
 
 from kompakt.models.resize import apply_resizes_, resize_records

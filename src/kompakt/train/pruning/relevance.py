@@ -1,4 +1,4 @@
-"""Relevance pruning during training (seed 001): random exclusion, dummy filters, a test
+"""Relevance pruning during training (Novikov & Buryak): random exclusion, dummy filters, a test
 against chance; a training hook (`before_step` / `after_step`)."""
 
 from __future__ import annotations
