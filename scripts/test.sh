@@ -6,4 +6,4 @@ bash scripts/setup_env.sh
 VENV=${KOMPAKT_VENV:-.venv}
 "$VENV/bin/ruff" check src tests benchmarks examples
 "$VENV/bin/ruff" format --check src tests benchmarks examples
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest --durations=15 "$@"

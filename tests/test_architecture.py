@@ -122,6 +122,7 @@ def test_the_runtime_never_imports_torch_anywhere():
             assert "import torch" not in text, f"{name} imports torch"
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     names = [n for n in MODULES if not n.endswith("__main__")]
 

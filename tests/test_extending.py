@@ -56,6 +56,7 @@ def test_a_plugin_layer_compresses_reloads_inspects_and_exports(toy, tmp_path):
     assert "toy-low-rank" in LAYERS
 
 
+@pytest.mark.slow
 def test_a_plugin_backend_and_metric_go_through_deploy_runtime_bench_and_report(toy, tmp_path):
     model = _model()
     x = torch.randn(4, 1, 8, 8)
@@ -98,6 +99,7 @@ def test_unregistering_leaves_no_trace(toy):
         toy.register()
 
 
+@pytest.mark.slow
 def test_a_plugin_compression_goes_through_kompakt_compress_from_the_cli(tmp_path):
     """`kompakt --plugin toy_plugin compress CKPT --method lowrank --method-args rank=4`: the
     plugin's method is found in the registry, fitted, fine-tuned and checkpointed; the CLI lists

@@ -198,6 +198,7 @@ def test_parity_failure_keeps_the_graph_as_failed(tmp_path):
     assert (tmp_path / "m.failed.onnx").exists() and not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_of_a_trained_checkpoint_carries_metadata(tmp_path):
     from kompakt.train import TrainConfig, fit
 

@@ -152,3 +152,21 @@ def test_the_space_comes_from_the_registry_and_a_plugin_joins_it():
     with pytest.raises(KompaktError, match="unknown compression"):
         layer_configs(net, ("nope",))
     assert torch.is_tensor(net[0].weight)
+
+
+def test_the_next_round_asks_for_less_error_in_proportion_to_the_overshoot():
+    from kompakt.optimize.runner import next_budget
+
+    assert next_budget(0.35, 0.53, 0.5) == pytest.approx(0.35 * 0.9 * 0.5 / 0.53)
+    assert next_budget(0.35, 5.0, 0.5) == pytest.approx(0.35 * 0.09)
+    assert next_budget(0.35, 0.51, 0.5) <= 0.9 * 0.35  # always real progress
+    assert next_budget(0.2, 0.0, 0.0) == pytest.approx(0.1)
+
+
+def test_burst_timing_runs_each_call_in_bursts_round_after_round():
+    from kompakt.timing import burst_medians
+
+    order: list[str] = []
+    calls = {k: (lambda k=k: order.append(k)) for k in "ab"}
+    medians = burst_medians(calls, rounds=2, burst=3, warmup=1)
+    assert order == list("aaaabbbbaaaabbbb") and set(medians) == {"a", "b"}

@@ -40,6 +40,7 @@ def pipeline(config, out):
     return kompakt("pipeline", "--config", config, "--out", out, "--json")
 
 
+@pytest.mark.slow
 def test_pipeline_runs_end_to_end_then_skips_cached_stages(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
@@ -91,6 +92,26 @@ def test_default_config_is_the_mnist5k_run():
     config = load_config(None)
     assert config["pipeline"]["data"] == "mnist5k"
     assert [m["name"] for m in config["models"]] == ["dense", "tt", "metahead"]
+    assert config["optimize"]["from"] == "dense"  # the optimized model joins the bench
+
+
+def test_optimize_section_is_checked_against_optimize_config(tmp_path):
+    from kompakt.pipeline.runner import parse_config
+
+    path = tmp_path / "o.toml"
+    base = "[pipeline]\ndata = 'digits'\n[[models]]\nname = 'a'\n[optimize]\n"
+    path.write_text(base + "finetune_epochs = 1\nbatches = [1, 8]\n")
+    assert parse_config(load_config(path)).optimize == {
+        "from": "a",
+        "finetune_epochs": 1,
+        "batches": [1, 8],
+    }
+    path.write_text(base + "from = 'b'\n")
+    with pytest.raises(ConfigError, match=r"\[optimize\] from 'b' is not a \[\[models\]\] name"):
+        load_config(path)
+    path.write_text(base + "finetune_epochz = 1\n")
+    with pytest.raises(ConfigError, match="finetune_epochz"):
+        load_config(path)
 
 
 def test_bad_configs_are_clear_errors(tmp_path):

@@ -249,6 +249,7 @@ def test_predict_batches_more_images_than_the_engine_takes(lenet_onnx, tmp_path)
             engine.run(engine.preprocess(images))
 
 
+@pytest.mark.slow
 def test_dataset_samples_written_as_png_predict_like_the_dataset(lenet_bundle, tmp_path):
     """`kompakt data samples` + `kompakt predict`: the PNG files go through the same
     preprocessing as the dataset, so predicting them equals running the dataset's tensors."""

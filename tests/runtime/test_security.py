@@ -73,6 +73,7 @@ def test_unsigned_bundles_are_refused_when_keys_are_configured(lenet_bundle, key
         load(lenet_bundle, trusted_keys=[public])
 
 
+@pytest.mark.slow
 def test_cli_keygen_sign_and_verify(lenet_onnx, tmp_path):
     assert kompakt("keygen", "-o", tmp_path / "key").returncode == 0
     assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600

@@ -84,6 +84,7 @@ def trained(tmp_path_factory):
     return out / "best.pt"
 
 
+@pytest.mark.slow
 def test_kompakt_compress_end_to_end_keeps_accuracy(trained, tmp_path):
     run = kompakt(
         "compress",
@@ -112,6 +113,7 @@ def test_kompakt_compress_end_to_end_keeps_accuracy(trained, tmp_path):
     assert zero.returncode == 0 and (tmp_path / "z" / "best.pt").is_file(), zero.stderr
 
 
+@pytest.mark.slow
 def test_kompakt_compress_killed_and_resumed_ends_with_the_same_weights(trained, tmp_path):
     common = "--ranks", "4", "--finetune-epochs", "3", "--calib-samples", "128", "--quiet"
     full = kompakt("compress", str(trained), *common, "-o", str(tmp_path / "full"))
@@ -163,6 +165,7 @@ def test_rank_budget_meets_the_ratio_within_two_percent():
         TTConfig(ratio=0.5)
 
 
+@pytest.mark.slow
 def test_rank_budget_over_the_whole_model():
     """scope=model: the whole model (the layers left dense and BatchNorm included) shrinks by
     the ratio within 2 %; a ratio the dense rest already breaks is refused in one line."""
@@ -302,6 +305,7 @@ def test_gradual_compression_steps():
             CompressConfig(**bad)
 
 
+@pytest.mark.slow
 def test_kompakt_compress_in_steps_and_a_tt_checkpoint_compressed_again(trained, tmp_path):
     common = "--ranks", "2", "--steps", "2", "--finetune-epochs", "2", "--calib-samples", "128"
     run = kompakt("compress", str(trained), *common, "-o", str(tmp_path / "g"), "--quiet")

@@ -228,6 +228,7 @@ def test_pruned_checkpoints_reload_and_export(tmp_path):
     assert first_conv.out_channels == round(8 * 0.4)  # 60 % of 8 filters removed
 
 
+@pytest.mark.slow
 def test_cli_train_with_relevance_pruning_and_prune_command(tmp_path):
     proc = subprocess.run(
         [

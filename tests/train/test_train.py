@@ -66,6 +66,7 @@ def _weights(path):
     return load_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
     args = [
         "train",
@@ -162,6 +163,7 @@ def test_cli_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+@pytest.mark.slow
 def test_cli_train_on_digits_end_to_end_then_inspect(tmp_path):
     config = tmp_path / "train.toml"
     config.write_text('[train]\nmodel = "lenet5"\nepochs = 2\noptimizer = "adam"\n')

@@ -32,7 +32,7 @@ from kompakt.models.common import set_submodule
 from kompakt.models.surgery import fit_outputs_, recalibrate_batchnorm_
 from kompakt.optimize.space import KEEP, ModelChoice, choice_label, layer_configs, timed_forms
 from kompakt.progress import progress
-from kompakt.timing import interleaved_medians
+from kompakt.timing import burst_medians
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ProfileSettings:
     batches: tuple[int, ...]
     precisions: tuple[str, ...]
     threads: int | None = None
-    fit_steps: int = 30
+    fit_steps: int = 20
     runs: int = 15
     methods: tuple[str, ...] | None = None
     quiet: bool = False
@@ -169,8 +169,9 @@ class Timer:
         return out
 
     def time(self, files: dict[str, dict[str, Path]], shape: tuple[int, ...]) -> dict:
-        """{key: {precision: {batch: seconds}}} for {key: {precision: file}}, timed
-        interleaved per precision and batch."""
+        """{key: {precision: {batch: seconds}}} for {key: {precision: file}}, timed in
+        interleaved bursts per precision and batch (`burst_medians`: hot caches, as an app's
+        loop and `kompakt bench` run them)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -194,7 +195,7 @@ class Timer:
                     k: (lambda s=s, x=x, n=names[k]: s.run(None, {n: x}))
                     for k, s in sessions.items()
                 }
-                medians = interleaved_medians(calls, runs=self.settings.runs, warmup=3)
+                medians = burst_medians(calls, rounds=3, burst=max(1, self.settings.runs // 3))
                 for key, seconds in medians.items():
                     out[key].setdefault(precision, {})[batch] = seconds
         return out
@@ -287,8 +288,10 @@ def _profile_layer(
         try:
             set_submodule(model, name, twin)
             error = max(0.0, rel_error(_outputs(model, held_out), reference) - base_error)
-            for form in timed_forms(twin, (max(timer.settings.batches), *x.shape[1:])):
-                label = choice_label(config, form)
+            forms = timed_forms(twin, (max(timer.settings.batches), *x.shape[1:]))
+            for form in forms:
+                # the form is fixed either way; the label names it only when there is a choice
+                label = choice_label(config, form if len(forms) > 1 else None)
                 set_submodule(model, name, fixed_form(twin, form) if form else twin)
                 files[label] = timer.files(model, calib)
                 costs[label] = LayerCost({}, {}, error, _params(twin), config, form)

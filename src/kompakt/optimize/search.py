@@ -14,6 +14,7 @@ from kompakt.errors import ConfigError
 from kompakt.optimize.profile import CostTable
 from kompakt.optimize.space import KEEP, NO_PRUNE
 
+FLOOR = 0.05  # a prediction is never below this fraction of the whole-model choice's base
 PENALTY = 1e6  # added to the score of a trial that breaks a limit (Optuna minimises)
 
 
@@ -62,7 +63,9 @@ def predict(table: CostTable, selection: Selection) -> dict | None:
             seconds[batch] += cost.seconds[p][batch] - keep.seconds[p][batch]
         size += cost.bytes[p] - keep.bytes[p]
         error += cost.error
-    seconds = {b: max(s, 1e-7) for b, s in seconds.items()}
+    # a floor: differences measured one layer at a time can sum past the base, and a near-zero
+    # prediction would dominate the log objective
+    seconds = {b: max(s, FLOOR * model.seconds[p][b]) for b, s in seconds.items()}
     return {"seconds": seconds, "bytes": size, "error": error}
 
 

@@ -64,21 +64,24 @@ def layer_configs(model: nn.Module, methods: tuple[str, ...] | None) -> dict[str
     return out
 
 
-TIMED_FORMS = 2  # forms timed per candidate: the fewest multiply-adds, plus "factored"
+TIMED_FORMS = 1  # forms timed per candidate: the fewest multiply-adds, plus "factored"
 
 
 def timed_forms(twin: nn.Module, input_shape: tuple[int, ...]) -> list[str | None]:
-    """The export forms of a twin worth timing (None: it has one way into ONNX): the
-    TIMED_FORMS named base forms with the fewest multiply-adds at `input_shape`, plus
-    "factored" (the smallest file); never "dense", which can only lose to keeping the layer
-    dense, nor contraction-plan variants ("factored[...]", the exporter's auto picks those)."""
+    """The export forms of a twin worth timing (None: not a CompressedLayer, one way into
+    ONNX): the TIMED_FORMS named base forms with the fewest multiply-adds at `input_shape`
+    (ties: the later-listed, e.g. TT-conv's "lowered" over "separable", whose in-graph kernel
+    INT8 cannot quantise), plus "factored" (the smallest file); never "dense", which can only
+    lose to keeping the layer dense, nor contraction-plan variants ("factored[...]", the
+    exporter's auto picks those). A twin's form is always named, so the exporter never
+    re-decides it."""
     if not isinstance(twin, CompressedLayer):
         return [None]
     forms = [f for f in twin.export_forms() if "[" not in f and f not in DOMINATED_FORMS]
     if len(forms) < 2:
-        return [None]
+        return forms or [twin.export_forms()[0]]
     costs = twin.export_costs(input_shape)
-    ranked = sorted(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
+    ranked = sorted(forms, key=lambda f: (costs.get(f, math.inf), -forms.index(f)))
     keep = set(ranked[:TIMED_FORMS]) | ({"factored"} & set(forms))
     return [f for f in forms if f in keep]
 

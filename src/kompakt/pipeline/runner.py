@@ -45,6 +45,7 @@ class PipelineConfig:
     deploy: dict
     targets: list[dict]
     bench: dict
+    optimize: dict | None = None  # OptimizeConfig keys + "from" (the model to optimize)
 
 
 @dataclass
@@ -86,7 +87,7 @@ def parse_config(config: dict) -> PipelineConfig:
     config["models"] = [options.underscored(m) for m in config.get("models", [])]
     if isinstance(config.get("deploy", {}).get("targets"), list):
         config["deploy"]["targets"] = [options.underscored(t) for t in config["deploy"]["targets"]]
-    known = {"pipeline", "models", "export", "deploy", "bench"}
+    known = {"pipeline", "models", "export", "deploy", "bench", "optimize"}
     unknown = set(config) - known
     if unknown:
         raise ConfigError(f"unknown sections {sorted(unknown)}; valid: {sorted(known)}")
@@ -114,7 +115,24 @@ def parse_config(config: dict) -> PipelineConfig:
         options.check_keys(target, DeployConfig, "a [deploy] target", TARGET_KEYS)
     bench = dict(config.get("bench", {}))
     options.build(BenchConfig, bench, "[bench]")
-    return PipelineConfig(str(out), baseline, pipe, models, export, deploy, targets, bench)
+    optimize = _parse_optimize(config.get("optimize"), names, baseline)
+    return PipelineConfig(
+        str(out), baseline, pipe, models, export, deploy, targets, bench, optimize
+    )
+
+
+def _parse_optimize(section: dict | None, names: list[str], baseline: str) -> dict | None:
+    """[optimize]: OptimizeConfig keys plus `from`, the model it starts from (the baseline)."""
+    if section is None:
+        return None
+    from kompakt.optimize import OptimizeConfig
+
+    section = dict(section)
+    source = section.pop("from", baseline)
+    if source not in names:
+        raise ConfigError(f"[optimize] from {source!r} is not a [[models]] name: {names}")
+    options.build(OptimizeConfig, {**section, "out": "x"}, "[optimize]")
+    return {"from": source, **section}
 
 
 def _key(*parts: object) -> str:
@@ -293,6 +311,11 @@ def run_pipeline(
             bundles.append(folder)
             bundle_models[folder.name] = name
     _run_steps(steps, log, force)
+    if plan.optimize:
+        bundle, ckpt = _optimize_step(plan, root, checkpoints, log, force, data_hash)
+        bundles.append(bundle)
+        bundle_models[bundle.name] = "optimized"
+        checkpoints["optimized"] = ckpt
 
     # bench: one step over every bundle, interleaved
     report = root / "report"
@@ -349,6 +372,40 @@ def run_pipeline(
     }
     keep_run(root, report, out_summary)
     return out_summary
+
+
+def _optimize_step(plan, root: Path, checkpoints: dict, log, force: bool, data_hash):
+    """`kompakt optimize` of the [optimize] model, cached like every step; returns the chosen
+    bundle and the checkpoint it was built from, which then join the bench as "optimized"."""
+    from kompakt.optimize import OptimizeConfig, optimize
+
+    settings = {k: v for k, v in plan.optimize.items() if k != "from"}
+    source = checkpoints[plan.optimize["from"]]
+    folder = root / "optimize"
+    config = options.build(
+        OptimizeConfig,
+        {"data": plan.train.get("data"), "data_root": plan.train.get("data_root"), **settings}
+        | {"out": str(folder)},
+        "[optimize]",
+    )
+    key = _key("optimize", settings, sha256_file(source), data_hash)
+    _run_steps(
+        [
+            Step(
+                "optimize",
+                "optimized",
+                folder,
+                key,
+                [folder / "optimize.json"],
+                lambda: optimize(source, config),
+            )
+        ],
+        log,
+        force,
+    )
+    summary = json.loads((folder / "optimize.json").read_text())
+    chosen = next(r for r in summary["rounds"] if r["round"] == summary["chosen_round"])
+    return Path(summary["bundle"]), Path(chosen["checkpoint"])
 
 
 def keep_run(root: Path, report: Path, out_summary: dict) -> Path:
