@@ -1,7 +1,8 @@
 """The README's CLI tour, run verbatim and in order in an empty directory, so it cannot drift
 from the code. Only the cost is cut: every `--epochs N` becomes 1 (2 where the line resumes a run
-to extend it), `--finetune-epochs` 1, `kompakt compress` fits on 64 samples' activations, and
-bench measures for a fraction of a second."""
+to extend it), `--finetune-epochs` 1, `kompakt compress` fits on 64 samples' activations,
+`kompakt optimize` searches MetaHead and half-pruning in one round, and bench measures for a
+fraction of a second."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def cheap(command: str) -> str:
     command = re.sub(r"--finetune-epochs \d+", "--finetune-epochs 1", command)
     if command.startswith("kompakt compress"):
         command += " --calib-samples 64"  # the output fit on fewer activations
+    if command.startswith("kompakt optimize"):  # a smaller search, one round
+        command += " --methods meta,prune --prune-ratios 0.5 --rounds 1 --calib-samples 64"
     if command.startswith("kompakt bench") and "--compare" not in command:
         command += " --warmup-s 0.05 --duration-s 0.2 --min-runs 5 --rounds 1 --quiet"
         if "--scenario server" in command:
@@ -69,6 +72,8 @@ def test_the_tour_has_every_command_the_readme_promises():
         "bench",
         "data",
         "list",
+        "compress",
+        "optimize",
     ):
         assert verb in verbs, verb
 
@@ -83,3 +88,4 @@ def test_the_readme_tour_runs_verbatim_in_order(tmp_path):
         assert "Traceback" not in proc.stderr, f"$ {command}\n{proc.stderr[-2000:]}"
     assert (tmp_path / "runs" / "report" / "report.md").is_file()
     assert (tmp_path / "runs" / "server" / "server_qps_p99.png").is_file()
+    assert (tmp_path / "runs" / "optimized" / "optimize.md").is_file()

@@ -103,7 +103,7 @@ class ProfileSettings:
     precisions: tuple[str, ...]
     threads: int | None = None
     fit_steps: int = 20
-    runs: int = 15
+    runs: int = 30  # timed runs per candidate and batch: 3 rounds of bursts of 10
     methods: tuple[str, ...] | None = None
     quiet: bool = False
 
@@ -195,7 +195,9 @@ class Timer:
                     k: (lambda s=s, x=x, n=names[k]: s.run(None, {n: x}))
                     for k, s in sessions.items()
                 }
-                medians = burst_medians(calls, rounds=3, burst=max(1, self.settings.runs // 3))
+                medians = burst_medians(
+                    calls, rounds=3, burst=max(1, self.settings.runs // 3), warmup=2
+                )
                 for key, seconds in medians.items():
                     out[key].setdefault(precision, {})[batch] = seconds
         return out
@@ -307,3 +309,28 @@ def _profile_layer(
         }
         cost.bytes = {p: f.stat().st_size - base_bytes[p] for p, f in files[label].items()}
     return costs, timings[KEEP]
+
+
+def time_selections(
+    model: nn.Module, table: CostTable, selections: list, calib: torch.Tensor, settings
+) -> list[dict[int, float]]:
+    """Each selection built as a whole model (twins from their method's `replace`, unfitted:
+    the weights do not change the time), exported with its forms, quantised at its precision,
+    and timed side by side with the others: seconds per batch. What the additive prediction
+    estimated, measured (summed per-layer differences carry each one's noise)."""
+    files = {}
+    with tempfile.TemporaryDirectory(prefix="kompakt-optimize-") as tmp:
+        timer = Timer(settings, Path(tmp))
+        for i, selection in enumerate(selections):
+            built = prepared(model, table.models[selection.model].choice, calib)
+            for name, label in selection.layers:
+                cost = table.models[selection.model].layers[name][label]
+                if cost.config is None:
+                    continue
+                twin = compression_for(cost.config).replace(built.get_submodule(name), cost.config)
+                twin = twin[0]
+                set_submodule(built, name, fixed_form(twin, cost.form) if cost.form else twin)
+            paths = timer.files(built, calib)
+            files[i] = {p: paths[p] for p in settings.precisions}
+        timings = timer.time(files, tuple(calib.shape[1:]))
+    return [timings[i][s.precision] for i, s in enumerate(selections)]

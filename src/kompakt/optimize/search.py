@@ -15,7 +15,8 @@ from kompakt.optimize.profile import CostTable
 from kompakt.optimize.space import KEEP, NO_PRUNE
 
 FLOOR = 0.05  # a prediction is never below this fraction of the whole-model choice's base
-PENALTY = 1e6  # added to the score of a trial that breaks a limit (Optuna minimises)
+PENALTY = 1e6
+SHORTLIST = 5  # added to the score of a trial that breaks a limit (Optuna minimises)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def search(
     Returns:
         {"best": Selection, "predicted": predict(...), "score", "trials", "sampler",
          "front": [(Selection, predicted), ...] the non-dominated feasible trials by
-         (latency at each batch, bytes, error)}.
+         (latency at each batch, bytes, error), "shortlist": the SHORTLIST best feasible
+         selections by predicted score, for `kompakt optimize` to time as whole models}.
 
     Raises:
         ConfigError: no trial met the limits (the message says which limit to loosen).
@@ -200,6 +202,7 @@ def search(
         "space": size,
         "sampler": sampler_name,
         "front": pareto_front([(s, v[1]) for s, v in feasible.items()]),
+        "shortlist": sorted(feasible, key=lambda s: feasible[s][0])[:SHORTLIST],
     }
 
 
