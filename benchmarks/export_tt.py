@@ -186,7 +186,9 @@ def bench_linear(args, work: Path) -> list[dict]:
                 "ms": {k: round(v * 1e3, 4) for k, v in med.items()},
                 "file_kib": {k: round(Path(p).stat().st_size / 1024, 1) for k, p in paths.items()},
                 "speedup_vs_dense": {k: round(med["dense"] / v, 2) for k, v in med.items()},
-                "macs_ratio": round(n_in * n_out * batch / (tt.flops(batch) - batch * n_out), 2),
+                "macs_ratio": round(
+                    n_in * n_out * batch / (tt.forward_macs(batch) - batch * n_out), 2
+                ),
                 "peer_note": peer_note,
             }
             if census:

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             t_tt.append(median_seconds(tt, x, args.runs // 2, args.warmup))
         t_dense, t_tt = statistics.mean(t_dense), statistics.mean(t_tt)
         macs_ratio = (
-            dense.in_features * dense.out_features * batch / (tt.flops(batch) - batch * n_out)
+            dense.in_features
+            * dense.out_features
+            * batch
+            / (tt.forward_macs(batch) - batch * n_out)
         )
         speedup = t_dense / t_tt
         rows.append(

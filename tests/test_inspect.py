@@ -23,7 +23,7 @@ def test_inspect_reports_compression_of_factored_layers():
     model = torch.nn.Sequential(torch.nn.Flatten(), TTLinear(64, 36, ranks=2))
     row = inspect_model(model, (1, 8, 8))["layers"][-1]
     assert row["type"] == "TTLinear" and row["compression"] > 1
-    assert row["macs"] == model[1].flops(1)
+    assert row["macs"] == model[1].forward_macs(1)
 
 
 def test_inspect_onnx_graph(tmp_path):

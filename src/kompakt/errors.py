@@ -34,6 +34,3 @@ class NotFoundError(KompaktError, KeyError):
 
 class BackendUnavailable(KompaktError):
     """A backend's package or device is missing here; the message says how to get it."""
-
-
-BackendUnavailableError = BackendUnavailable  # the older name

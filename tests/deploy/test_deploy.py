@@ -15,7 +15,7 @@ from kompakt.deploy.fp16 import convert_to_fp16
 from kompakt.deploy.quantize import quantize_int8
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.export import lint_trt
-from kompakt.runtime import BackendUnavailableError, load
+from kompakt.runtime import BackendUnavailable, load
 from kompakt.runtime.backends import RUNNERS
 from kompakt.runtime.backends.tensorrt import check_fingerprint
 
@@ -143,7 +143,7 @@ def test_unavailable_backend_refuses_to_build(lenet_onnx, tmp_path):
     unavailable = [r["name"] for r in list_backends() if not r["available"]]
     if not unavailable:
         pytest.skip("every backend is available here")
-    with pytest.raises(BackendUnavailableError, match="unavailable"):
+    with pytest.raises(BackendUnavailable, match="unavailable"):
         build_bundle(lenet_onnx, tmp_path / "b", DeployConfig(backend=unavailable[0]))
 
 
@@ -275,16 +275,35 @@ def test_native_tensorrt_bundle(lenet_onnx, tmp_path, precision):
         assert engine.run(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
 
 
-def test_precision_auto_keeps_int8_only_where_it_is_faster_and_accurate(lenet_onnx, tmp_path):
-    out = bundle(lenet_onnx, tmp_path / "auto", precision="auto", calib_data="digits")
+@pytest.mark.parametrize("int8_speed, expected", [(2.0, "int8"), (0.5, "fp32")])
+def test_precision_auto_keeps_int8_only_where_it_is_faster_and_accurate(
+    lenet_onnx, tmp_path, monkeypatch, int8_speed, expected
+):
+    """The rule, with the timing pinned (a timed test cannot know which side it lands on) and
+    the accuracy limit out of the way: an INT8 build 2x faster than FP32 at every batch is
+    kept; one at half the speed is not, and the bundle is FP32."""
+    from kompakt.deploy import bundle as bundle_module
+
+    monkeypatch.setattr(
+        bundle_module,
+        "_speed_vs_fp32",
+        lambda tmp, backend, artefact, options, x, chunk: {
+            str(b): int8_speed for b in sorted({1, chunk})
+        },
+    )
+    out = bundle(
+        lenet_onnx,
+        tmp_path / "auto",
+        precision="auto",
+        calib_data="digits",
+        max_accuracy_drop=100.0,
+    )
     manifest = json.loads((out / "kompakt.json").read_text())
     auto = manifest["precision_auto"]
     int8 = auto["considered"]["int8"]
-    speed = int8["speed_vs_fp32"]
-    assert set(speed) == {"1", "64"}  # batch 1 and the bundle's validation batch
-    faster = all(r >= 1.0 for r in speed.values()) and int8["drop_points"] <= 1.0
-    assert manifest["precision"] == auto["chosen"] == ("int8" if faster else "fp32")
-    assert int8["kept"] == faster
+    assert set(int8["speed_vs_fp32"]) == {"1", "64"}  # batch 1 and the validation batch
+    assert manifest["precision"] == auto["chosen"] == expected
+    assert int8["kept"] == (expected == "int8")
     with load(out, verify=True) as engine:  # whichever it kept, it is a complete bundle
         assert engine.run(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
     assert [p.name for p in tmp_path.iterdir()] == ["auto"]  # no trial directories left

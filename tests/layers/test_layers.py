@@ -113,7 +113,7 @@ def test_novikov_layer_counts():
     assert sum(p.numel() for p in layer.cores) == 2016
     assert round(layer.compression_ratio()) == 50972
     assert "50972.4x" in repr(layer)
-    assert layer.flops(2) == 2 * (layer.flops(1) - 4096) + 2 * 4096
+    assert layer.forward_macs(2) == 2 * (layer.forward_macs(1) - 4096) + 2 * 4096
 
 
 def test_ttlinear_init_std_is_that_of_the_reconstructed_weight():
@@ -243,7 +243,9 @@ def test_ttconv_auto_picks_the_cheaper_mode_by_the_cost_model():
     layer = TTConv2d(64, 64, 3, padding=1, ranks=4)
     costs = layer.costs(8, 16, 16)
     assert layer.choose_forward(8, 16, 16) == min(costs, key=costs.get)
-    assert layer.flops(8, 16, 16) == costs[layer.choose_forward(8, 16, 16)] + 8 * 16 * 16 * 64
+    assert (
+        layer.forward_macs(8, 16, 16) == costs[layer.choose_forward(8, 16, 16)] + 8 * 16 * 16 * 64
+    )
 
 
 def test_ttconv_init_std():

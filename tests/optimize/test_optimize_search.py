@@ -167,6 +167,18 @@ def test_the_next_round_budget_follows_the_measured_drop():
     assert next_budget(0.2, 0.0, 0.5) == pytest.approx(0.6)
 
 
+def test_once_rounds_bracket_the_limit_the_budget_bisects():
+    from kompakt.optimize.runner import bracketed
+
+    def round_(error, drop):
+        return {"predicted": {"error": error}, "measured": {"drop_points": drop}}
+
+    assert bracketed([round_(0.4, 0.27)], 0.5) is None  # nothing over the limit yet
+    assert bracketed([round_(0.4, 0.27), round_(0.64, 0.67)], 0.5) == pytest.approx(0.52)
+    # a noisy pair (more error held than broke) is no bracket
+    assert bracketed([round_(0.6, 0.27), round_(0.4, 0.67)], 0.5) is None
+
+
 def test_burst_timing_runs_each_call_in_bursts_round_after_round():
     from kompakt.timing import burst_medians
 

@@ -53,7 +53,7 @@ def test_results_follow_the_schema_and_statistics_are_sane(results):
     fp32, int8 = out["bundles"]
     assert fp32["parity"]["max_rel"] < 1e-4
     assert fp32["vs_baseline"]["p50_speedup_b1"] == 1.0
-    assert int8["vs_baseline"]["artefact_size"] > 1  # the Q/DQ model is smaller
+    assert int8["vs_baseline"]["artefact_kib"] > 1  # the Q/DQ model is smaller
     assert out["machine"]["cores"] >= 1 and out["gpu_note"]
 
 

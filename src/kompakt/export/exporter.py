@@ -109,9 +109,6 @@ class ExportConfig:
         if not self.rtol > 0:
             raise ConfigError(f"rtol must be > 0, got {self.rtol}")
 
-    def validate(self) -> None:
-        """Kept for callers of the older API: validation now happens at construction."""
-
     @property
     def target_batch(self) -> int:
         return self.batch if isinstance(self.batch, int) else self.max_batch

@@ -261,7 +261,7 @@ class TTConv2d(CompressedLayer):
         costs = self.costs(batch, height, width)
         return min(costs, key=costs.__getitem__)
 
-    def flops(self, batch: int, height: int, width: int) -> int:
+    def forward_macs(self, batch: int, height: int, width: int) -> int:
         """Multiply-adds of one forward pass in the mode `auto` would choose (plus bias adds)."""
         mode = self.forward_mode
         if mode == "auto":
@@ -382,7 +382,7 @@ class TTConv2d(CompressedLayer):
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
         batch, _, height, width = input_shape
-        return self.flops(batch, height, width)
+        return self.forward_macs(batch, height, width)
 
     def export_forms(self) -> tuple[str, ...]:
         # factored: the kernel is rebuilt in-graph from the cores and fed to one Conv (the file

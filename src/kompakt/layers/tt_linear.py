@@ -180,7 +180,7 @@ class TTLinear(CompressedLayer):
         """Dense weight entries per core parameter (biases excluded on both sides)."""
         return self.dense_params() / self.core_params()
 
-    def flops(self, batch_size: int = 1) -> int:
+    def forward_macs(self, batch_size: int = 1) -> int:
         """Multiply-adds of one forward pass (the chosen contraction plus the bias adds)."""
         macs = tt.tt_matvec_macs(
             self.in_modes, self.out_modes, self.ranks, batch_size, self.direction
@@ -200,7 +200,7 @@ class TTLinear(CompressedLayer):
         }
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
-        return self.flops(math.prod(input_shape[:-1]))
+        return self.forward_macs(math.prod(input_shape[:-1]))
 
     def plans(self) -> list[tt.Plan]:
         """Every lowering of the chain: runs of merged cores x contraction direction."""

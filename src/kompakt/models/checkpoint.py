@@ -26,9 +26,6 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     atomic_write(path, lambda handle: torch.save(ckpt, handle))
 
 
-atomic_save = save_checkpoint  # the older name
-
-
 def make_checkpoint(
     model: nn.Module,
     model_spec: dict,

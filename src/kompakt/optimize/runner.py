@@ -62,6 +62,7 @@ def optimize(ckpt: str | Path, config: OptimizeConfig | None = None) -> dict:
         drop = attempt["measured"]["drop_points"]
         within = drop is not None and drop <= config.max_accuracy_drop
         budget = next_budget(attempt["predicted"]["error"], drop, config.max_accuracy_drop)
+        budget = bracketed(rounds, config.max_accuracy_drop) or budget
         if within and budget < 1.2 * max(attempt["predicted"]["error"], 1e-3):
             break  # within the limit and too close to it to gain from a larger budget
     summary = summarise(str(ckpt), config, table, baselines, rounds)
@@ -80,6 +81,22 @@ def next_budget(predicted_error: float, drop: float | None, max_drop: float) -> 
     if drop is not None and drop > max_drop:
         factor = min(factor, 0.9)
     return base * factor
+
+
+def bracketed(rounds: list[dict], max_drop: float) -> float | None:
+    """Once one round was within the accuracy limit and another over it, the budget halfway
+    between the largest proxy error that held and the smallest that did not (bisection on the
+    measured fine-tunes); None until both exist."""
+    held = [r["predicted"]["error"] for r in rounds if _within(r, max_drop)]
+    broke = [r["predicted"]["error"] for r in rounds if not _within(r, max_drop)]
+    if not held or not broke or max(held) >= min(broke):
+        return None
+    return (max(held) + min(broke)) / 2
+
+
+def _within(attempt: dict, max_drop: float) -> bool:
+    drop = attempt["measured"]["drop_points"]
+    return drop is not None and drop <= max_drop
 
 
 def measured_score(attempt: dict, objective: str) -> float:

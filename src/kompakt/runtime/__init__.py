@@ -8,7 +8,6 @@ with kompakt.runtime.load("bundle/") as engine:
 from kompakt.runtime.backends import RUNNERS, require
 from kompakt.runtime.engine import (
     BackendUnavailable,
-    BackendUnavailableError,
     Engine,
     Prediction,
     TensorSpec,
@@ -20,7 +19,6 @@ from kompakt.runtime.manifest import BundleError, read_manifest, validate_manife
 __all__ = [
     "RUNNERS",
     "BackendUnavailable",
-    "BackendUnavailableError",
     "BundleError",
     "Engine",
     "GoldenDriftError",

@@ -15,7 +15,6 @@ import numpy as np
 
 from kompakt.errors import (
     BackendUnavailable,
-    BackendUnavailableError,
     ConfigError,
     KompaktError,
     ShapeError,
@@ -27,7 +26,7 @@ from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.manifest import BundleError, PinnedDirectory, confined, read_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
-__all__ = ["RUNNERS", "BackendUnavailable", "BackendUnavailableError", "Engine", "load"]
+__all__ = ["RUNNERS", "BackendUnavailable", "Engine", "load"]
 
 
 @dataclass(frozen=True)

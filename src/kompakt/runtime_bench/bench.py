@@ -582,10 +582,6 @@ def _add_ratios(results: list[dict]) -> None:
                 ratio = metric.ratio(was, now)
                 if ratio is not None:
                     ratios[metric.name] = ratio
-        if "artefact_kib" in ratios:
-            ratios["artefact_size"] = ratios["artefact_kib"]  # the older name
-        if "peak_rss_mib" in ratios:
-            ratios["peak_rss"] = ratios["peak_rss_mib"]
         entry["vs_baseline"] = {k: round(v, 3) for k, v in ratios.items()}
 
 

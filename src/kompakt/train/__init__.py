@@ -2,7 +2,6 @@
 `kompakt.models.checkpoint` and are re-exported here for the older import path."""
 
 from kompakt.models.checkpoint import (
-    atomic_save,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -21,7 +20,6 @@ __all__ = [
     "TrainConfig",
     "TrainHook",
     "TrainingDivergedError",
-    "atomic_save",
     "evaluate",
     "fit",
     "load_checkpoint",
