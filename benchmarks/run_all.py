@@ -28,6 +28,7 @@ STEPS = {
     "train_mnist5k": [sys.executable, str(HERE / "train_mnist5k.py")],
     "prune_mnist5k": [sys.executable, str(HERE / "prune_mnist5k.py")],
     "compress_trained": [sys.executable, str(HERE / "compress_trained.py")],
+    "optimize": [sys.executable, str(HERE / "optimize.py"), "--seeds", "3"],
     "search": [sys.executable, str(HERE / "search_experiment.py")],
     "pipeline": [sys.executable, "-m", "kompakt.cli", "pipeline", "--out", "runs/pipeline"],
     "loadgen_scenarios": [sys.executable, str(HERE / "loadgen_scenarios.py")],  # after pipeline
@@ -238,6 +239,25 @@ def compress_section(ct: dict) -> list[str]:
     return out
 
 
+def optimize_section(op: dict) -> list[str]:
+    """`kompakt optimize` against the dense baselines, per seed (the table the script wrote)."""
+    settings = op["settings"]
+    machine = op["rows"][0]["machine"] if op["rows"] else op["machine"]
+    return [
+        f"## `kompakt optimize` (`optimize.py`, {settings['model']} on {settings['data']}, "
+        f"{settings['backend'] or 'onnxruntime'})",
+        "",
+        f"Dense model trained {settings['base_epochs']} epochs per seed; optimize with "
+        f"`--batches 1,32 --max-accuracy-drop {settings['max_drop']} --finetune-epochs "
+        f"{settings['epochs']} --threads 2`; every ratio from optimize's own side-by-side bench "
+        f"(dense FP32, dense INT8, optimized; one run). Machine: {machine['cpu']}, "
+        f"{machine['cores']} cores. {len(op['rows'])} seed(s).",
+        "",
+        *op["table"],
+        "",
+    ]
+
+
 def render() -> str:
     out = [
         "# kompakt benchmark results",
@@ -373,6 +393,8 @@ def render() -> str:
     ct = _load("compress_trained")
     if ct:
         out += compress_section(ct)
+    for name in sorted(p.stem for p in RESULTS.glob("optimize_*.json")):
+        out += optimize_section(_load(name))
     lg = _load("loadgen_scenarios")
     if lg:
         out += [

@@ -158,11 +158,7 @@ def search(
         ConfigError: no trial met the limits (the message says which limit to loosen).
     """
     names = layer_names(table)
-    space = {
-        "model": list(table.models),
-        "precision": list(table.precisions),
-        **{f"layer:{n}": _labels(table, n) for n in names},
-    }
+    space = _space(table, names)
     size = math.prod(len(v) for v in space.values())
     study, sampler_name = _study(size, brute_limit, trials, seed)
     if size > brute_limit:
@@ -204,6 +200,12 @@ def search(
         "front": pareto_front([(s, v[1]) for s, v in feasible.items()]),
         "shortlist": sorted(feasible, key=lambda s: feasible[s][0])[:SHORTLIST],
     }
+
+
+def _space(table: CostTable, names: list[str]) -> dict[str, list[str]]:
+    """Optuna's categorical parameters: the whole-model choice, the precision, each layer."""
+    layers = {f"layer:{n}": _labels(table, n) for n in names}
+    return {"model": list(table.models), "precision": list(table.precisions), **layers}
 
 
 def _study(size: int, brute_limit: int, trials: int, seed: int):
