@@ -80,6 +80,21 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
 
 
+def _misses(row: dict) -> str:
+    """The issue's goals this seed missed, in words ("none" when it met them all)."""
+    speed = row["speedup_vs_int8"] or {}
+    checks = [
+        (speed.get("1", 0) >= 1.5, "b1 < 1.5x"),
+        (speed.get("32", 0) >= 1.3, "b32 < 1.3x"),
+        (row["smaller_than_fp32"] >= 20, "file < 20x smaller"),
+        (row["top1_change_vs_fp32"] >= -0.5, "top-1 drop > 0.5"),
+        (all(abs(v) <= 0.15 for v in row.get("timed_miss", {}).values()), "timing miss > 15 %"),
+        (row["optimize_wall_s"] <= 900, "wall > 900 s"),
+    ]
+    missed = [text for ok, text in checks if not ok]
+    return ", ".join(missed) or "none"
+
+
 def render(rows: list[dict]) -> list[str]:
     def col(key, sub=None):
         return [(r[key][sub] if sub else r[key]) for r in rows if r.get(key) is not None]
@@ -117,6 +132,7 @@ def render(rows: list[dict]) -> list[str]:
         f"{_mean_std([abs(v) * 100 for v in col('timed_miss', '1')])} %, b32: "
         f"{_mean_std([abs(v) * 100 for v in col('timed_miss', '32')])} %",
         f"- optimize wall time: {_mean_std(col('optimize_wall_s'))} s (goal <= 900 s)",
+        "- goals missed, per seed: " + "; ".join(f"seed {r['seed']}: {_misses(r)}" for r in rows),
     ]
     return lines
 
