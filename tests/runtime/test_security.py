@@ -292,3 +292,65 @@ def test_fuzzed_manifests_load_the_same_outputs_or_fail_with_a_kompakt_error(
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         outcomes["same"] += 1
     assert outcomes["refused"] > 50 and outcomes["same"] > 10, outcomes
+
+
+def _rehash(bundle_dir: Path, name: str) -> None:
+    """Update the manifest's size and sha256 of `name` (an unsigned bundle edited on purpose)."""
+    import hashlib
+
+    def change(m):
+        data = (bundle_dir / m["files"][name]["path"]).read_bytes()
+        m["files"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    edit_manifest(bundle_dir, change)
+
+
+def test_golden_samples_are_read_by_their_hashed_path_never_from_a_fifo(lenet_bundle, tmp_path):
+    """The golden check opens the file the manifest hashes (its entry's path), once, as a
+    regular file: a key renamed to name a FIFO in the bundle cannot make verify hang or read
+    unhashed data."""
+    import os
+
+    out = copy(lenet_bundle, tmp_path)
+    manifest = json.loads((out / "kompakt.json").read_text())
+    name = manifest["golden"]["file"]
+
+    def rename_key(m):
+        m["files"]["pipe"] = m["files"].pop(name)
+        m["golden"]["file"] = "pipe"
+
+    edit_manifest(out, rename_key)
+    os.mkfifo(out / "pipe")
+    with load(out) as engine:
+        result = engine.verify()  # reads golden.npz (the hashed path), not the FIFO
+    assert result["ok"] and result["samples"] > 0
+
+
+def test_golden_samples_that_inflate_or_do_not_fit_the_model_are_refused(lenet_bundle, tmp_path):
+    """A golden file declaring more than the limit is refused before inflating; references of
+    the wrong shape or zero samples are a KompaktError, not a numpy traceback."""
+    import time
+
+    from kompakt.runtime import golden
+
+    cases = {
+        "inflates": (np.zeros((2, 1, 8, 8), np.float32), np.zeros((10_000_000, 10), np.float32)),
+        "wrong shape": (np.zeros((4, 1, 8, 8), np.float32), np.zeros((4, 5), np.float32)),
+        "no samples": (np.zeros((0, 1, 8, 8), np.float32), np.zeros((0, 10), np.float32)),
+    }
+    for label, (inputs, reference) in cases.items():
+        out = copy(lenet_bundle, tmp_path / label.replace(" ", "-"))
+        manifest = json.loads((out / "kompakt.json").read_text())
+        name = manifest["golden"]["file"]
+        path = out / manifest["files"][name]["path"]
+        np.savez_compressed(path, inputs=inputs, reference=reference)
+        _rehash(out, name)
+        start = time.perf_counter()
+        with load(out) as engine, pytest.raises(KompaktError) as caught:
+            engine.verify()
+        assert time.perf_counter() - start < 5, label
+        if label == "inflates":
+            assert "would inflate" in str(caught.value)
+            assert reference.nbytes > golden.MAX_GOLDEN_BYTES
+        else:
+            assert "golden samples hold" in str(caught.value), label

@@ -14,13 +14,52 @@ import numpy as np
 
 from kompakt.errors import KompaktError
 from kompakt.measure import parity
-from kompakt.runtime.manifest import confined
+from kompakt.runtime.manifest import read_checked
 
 GOLDEN_FILE = "golden.npz"
 DEFAULT_SAMPLES = 32
 # the least drift allowed per precision, however exact the build machine was: rounding order
 # differs between kernels and machines even when nothing is wrong
 FLOOR = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2}
+
+
+# what a golden file may inflate to (both arrays together): far above kompakt's own (32 samples)
+MAX_GOLDEN_BYTES = 64 * 1024 * 1024
+
+
+def read_golden(root: Path, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, reference) from the golden file the manifest hashes: opened once by that entry's
+    path (a regular file, never a FIFO or device), checked against its size and sha256 from the
+    bytes read, and inflated only after every member's declared size is within
+    MAX_GOLDEN_BYTES."""
+    import io
+    import zipfile
+
+    data = read_checked(root, entry)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+        if declared > MAX_GOLDEN_BYTES:
+            raise KompaktError(
+                f"golden samples {entry['path']} would inflate to {declared:,} bytes (limit "
+                f"{MAX_GOLDEN_BYTES:,}); refused"
+            )
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return np.asarray(arrays["inputs"]), np.asarray(arrays["reference"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise KompaktError(f"cannot read the golden samples {entry['path']}: {first}") from None
+
+
+def _consistent(inputs: np.ndarray, reference: np.ndarray, output_shape: tuple) -> bool:
+    """At least one sample, one reference per input, each shaped like the model's output (a
+    dynamic axis, a string in the manifest, matches any size)."""
+    if len(inputs) == 0 or reference.ndim != len(output_shape) or len(reference) != len(inputs):
+        return False
+    return all(
+        not isinstance(d, int) or d == r
+        for d, r in zip(output_shape[1:], reference.shape[1:], strict=True)
+    )
 
 
 class GoldenDriftError(KompaktError):
@@ -49,12 +88,16 @@ def check(engine, record: dict, run_batch: int | None = None) -> dict:
     Returns:
         {"ok", "max_abs", "max_rel", "top1_agreement", "samples", "built", "tolerance"}.
     """
-    path = confined(engine.root, record["file"])
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            inputs, reference = data["inputs"], data["reference"]
-    except (OSError, ValueError, KeyError) as error:
-        raise KompaktError(f"cannot read the golden samples {path}: {error}") from None
+    entry = engine.manifest["files"].get(record["file"])
+    if not isinstance(entry, dict):
+        raise KompaktError(f"golden samples {record['file']!r} are not among the hashed files")
+    inputs, reference = read_golden(engine.root, entry)
+    if not _consistent(inputs, reference, engine.outputs[0].shape):
+        raise KompaktError(
+            f"golden samples hold {len(inputs)} inputs and references shaped "
+            f"{tuple(reference.shape)}; expected at least one of each, as many references as "
+            "inputs, shaped like the model's output: rebuild the bundle"
+        )
     step = max(1, min(run_batch or len(inputs), engine.max_batch or len(inputs)))
     got = np.concatenate([engine.run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
     result = parity(reference, got)

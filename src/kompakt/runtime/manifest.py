@@ -90,30 +90,65 @@ def validate_manifest(manifest: dict) -> None:
 
 
 def confined(bundle: Path, relative: str) -> Path:
-    """`bundle / relative`, refusing absolute paths, NUL bytes, symlinks and anything that
-    escapes the bundle."""
+    """`bundle / relative`, refusing absolute paths, `..`, NUL bytes and symlinks anywhere on
+    the way, so the path cannot leave the bundle. It is *not* resolved: under a pinned bundle
+    (`/proc/self/fd/N`) it keeps naming the file in the directory held open, even after a
+    deploy swapped another bundle in at the same path (resolving it named the new bundle's file
+    and refused it as "outside", or mixed two bundles)."""
     if not isinstance(relative, str) or "\x00" in relative or not relative:
         raise BundleError(f"manifest file path {relative!r} is not a valid relative path; refused")
-    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleError(f"manifest file path {relative!r} is not valid UTF-8; refused") from None
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts or len(relative) > 1024:
         raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
     current = bundle
-    for part in Path(relative).parts:  # a symlink anywhere on the way could point outside
+    for part in parts:  # a symlink anywhere on the way could point outside
+        if len(part) > 255:
+            raise BundleError(f"manifest file path {relative[:60]!r}... has a name too long")
         current = current / part
         if current.is_symlink():
             raise BundleError(f"bundle path {relative!r} is a symlink; refused")
-    path = current.resolve()
-    # the directory `len(parts)` levels up must be the bundle itself, compared by inode: a
-    # textual comparison of two resolve() calls races with an atomic swap of the bundle (its
-    # path changes between them while the pinned directory stays the same)
-    depth = len(Path(relative).parts)
-    top = path.parents[depth - 1] if depth <= len(path.parents) else None
+    return current
+
+
+def read_checked(bundle: Path, entry: dict) -> bytes:
+    """The bytes of a hashed bundle file, read once: `confined` path, opened without following
+    a symlink and without blocking (a FIFO put in its place cannot hang us), refused unless a
+    regular file of exactly the manifest's size, and hashed from the bytes returned, so what
+    was checked is what the caller uses."""
+    import hashlib
+    import stat
+
+    path = confined(bundle, entry["path"])
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        inside = top is not None and os.path.samefile(top, bundle)
-    except OSError:
-        inside = False
-    if not inside:
-        raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
-    return path
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise BundleError(
+            f"bundle file {entry['path']} cannot be opened: {error.strerror}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"bundle file {entry['path']} is not a regular file; refused")
+        if info.st_size != entry["bytes"]:
+            raise BundleError(
+                f"bundle file {entry['path']} has {info.st_size} bytes, the manifest says "
+                f"{entry['bytes']} (truncated or replaced); rebuild the bundle"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(entry["bytes"] + 1)
+    finally:
+        os.close(fd)
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"].lower():
+        raise BundleError(
+            f"bundle file {entry['path']} does not match its sha256 in {MANIFEST} (changed "
+            "while being read, or corrupted); rebuild the bundle"
+        )
+    return data
 
 
 def _interrupted(bundle: Path) -> str:
