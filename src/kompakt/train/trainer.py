@@ -830,6 +830,9 @@ def _worker(rank: int, config: TrainConfig, world: int, port: int, result_path: 
         result = _fit(config, rank, world, [])
         if rank == 0:
             Path(result_path).write_text(json.dumps(result))
+        # both ranks past every collective before either tears gloo down: a rank that left
+        # first closed the connection under the other's last op (a rare SIGABRT in rank 1)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
