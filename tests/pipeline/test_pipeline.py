@@ -151,3 +151,29 @@ def test_baseline_must_name_a_model(tmp_path):
     config.write_text(TINY.replace("[pipeline]", '[pipeline]\nbaseline = "nope"'))
     run = pipeline(config, tmp_path / "out")
     assert run.returncode == 1 and "baseline 'nope' is not a [[models]] name" in run.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_optimize_step_joins_the_bench_and_is_cached(tmp_path):
+    """An [optimize] section runs `kompakt optimize` on the named model; its bundle is benched
+    beside the others (with parity against its own checkpoint), and a re-run reuses it."""
+    config = tmp_path / "p.toml"
+    config.write_text(
+        "[pipeline]\nout = 'runs/p'\ndata = 'digits'\nepochs = 1\n"
+        "[[models]]\nname = 'dense'\nmodel = 'garipov-conv-fc'\n"
+        "[deploy]\ntargets = [{ backend = 'onnxruntime', precision = 'fp32' }]\n"
+        "[bench]\nbatches = [1, 8]\nwarmup_s = 0.1\nmin_runs = 5\nduration_s = 0.3\nrounds = 1\n"
+        "[optimize]\nmethods = 'meta,prune'\nprune_ratios = [0.5]\nrounds = 1\n"
+        "finetune_epochs = 1\ncalib_samples = 64\nbatches = [1, 8]\n"
+    )
+    run = kompakt("pipeline", "--config", str(config), cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "p" / "summary.json").read_text())
+    rows = {r["bundle"]: r for r in summary["summary"]}
+    optimized = next(r for r in rows.values() if r["model"] == "optimized")
+    limit = 1e-3 if optimized["precision"] == "fp32" else 0.1  # INT8 rounds: a looser bound
+    assert optimized["parity_max_rel"] is not None and optimized["parity_max_rel"] < limit
+    assert optimized["bundle"].startswith("optimized-") and optimized["top1"] is not None
+    assert optimized["params"] <= rows["dense-onnxruntime-fp32"]["params"]
+    again = kompakt("pipeline", "--config", str(config), cwd=str(tmp_path))
+    assert again.returncode == 0 and "[optimize] optimized: cached" in again.stderr
