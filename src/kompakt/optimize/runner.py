@@ -151,27 +151,26 @@ def choose_measured(model, table: CostTable, found: dict, calib, config: Optimiz
     shortlist = found["shortlist"]
     timed = time_selections(model, table, shortlist, calib, profile_settings(config))
     limits = limits_for(config, math.inf)
-    scores = []
-    for selection, seconds in zip(shortlist, timed, strict=True):
-        predicted = predict(table, selection)
-        scores.append(score(table, {**predicted, "seconds": seconds}, limits))
+    predicted = [predict(table, selection) for selection in shortlist]  # priced once
+    scores = [
+        score(table, {**p, "seconds": seconds}, limits)
+        for p, seconds in zip(predicted, timed, strict=True)
+    ]
     best = min(range(len(shortlist)), key=scores.__getitem__)
     return {
         **found,
         "best": shortlist[best],
-        "predicted": predict(table, shortlist[best]),
+        "predicted": predicted[best],
         "timed": timed[best],
         "shortlist_ms": [
             {
                 "selection": s.choices,
                 "model": s.model,
                 "precision": s.precision,
-                "predicted_ms": {
-                    str(b): round(v * 1e3, 4) for b, v in predict(table, s)["seconds"].items()
-                },
+                "predicted_ms": {str(b): round(v * 1e3, 4) for b, v in p["seconds"].items()},
                 "timed_ms": {str(b): round(v * 1e3, 4) for b, v in t.items()},
             }
-            for s, t in zip(shortlist, timed, strict=True)
+            for s, p, t in zip(shortlist, predicted, timed, strict=True)
         ],
     }
 
@@ -307,7 +306,7 @@ def summarise(ckpt, config: OptimizeConfig, table, baselines, rounds: list[dict]
     return {
         "schema": "kompakt-optimize/1",
         "checkpoint": ckpt,
-        "config": {k: v for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": describe_machine(),
         "costs": "costs.json",
         "rounds": rounds,
