@@ -16,7 +16,7 @@ from kompakt.compression import COMPRESSIONS, Compression
 from kompakt.deploy.builders import BACKENDS, Artefact, Backend, BuildOptions, Capabilities
 from kompakt.layers import LAYERS, CompressedLayer
 from kompakt.models import MODELS
-from kompakt.runtime.backends import RUNNERS, require
+from kompakt.runtime.backends import RUNNERS, EngineFiles, require
 from kompakt.runtime_bench.metrics import METRICS, Metric
 
 
@@ -115,9 +115,11 @@ class LowRankCompression(Compression):
 class ReferenceRunner:
     sdk = "onnx"
 
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
+    def __init__(self, files: EngineFiles, manifest: dict, threads: int | None) -> None:
         reference = require("onnx.reference", "dev", "the toy-reference backend")
-        self.evaluator = reference.ReferenceEvaluator(str(path))
+        import onnx
+
+        self.evaluator = reference.ReferenceEvaluator(onnx.load_from_string(files.data))
         self.input_name = manifest["inputs"][0]["name"]
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -474,21 +474,37 @@ def deploy_command(ctx: click.Context, model: str | None, output: str | None, **
     multiple=True,
     help="Ed25519 public key (base64 or a file); the bundle must be signed by one of them.",
 )
+@click.option(
+    "--expect",
+    default=None,
+    help="The bundle you expect: NAME, NAME@VERSION, NAME@>=VERSION (no rollback) or "
+    "sha256:DIGEST; binding with --trusted-key.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def verify_command(
-    bundle: str, backend: str | None, trusted_keys: tuple[str, ...], as_json: bool
+    bundle: str,
+    backend: str | None,
+    trusted_keys: tuple[str, ...],
+    expect: str | None,
+    as_json: bool,
 ) -> None:
     """Check a bundle on this machine: every file's hash, the signature (with --trusted-key or
-    $KOMPAKT_TRUSTED_KEYS), then its golden samples; exit 1 on drift."""
+    $KOMPAKT_TRUSTED_KEYS), its identity (--expect), then its golden samples; exit 1 on drift."""
     from kompakt.runtime import golden, load
 
-    with load(bundle, backend=backend, trusted_keys=list(trusted_keys) or None) as engine:
+    keys = list(trusted_keys) or None
+    with load(bundle, backend=backend, trusted_keys=keys, expect=expect) as engine:
         result = engine.verify()
         result["signed_by"] = (engine.manifest.get("signature") or {}).get("public_key")
+        result["identity"] = engine.identity
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"{bundle}: {golden.describe(result)}")
+        who = result["identity"]
+        click.echo(
+            f"{bundle}: {who['name']}@{who['version']} (manifest sha256:{who['digest'][:16]}..., "
+            f"{'signed' if who['signed'] else 'unsigned'}): {golden.describe(result)}"
+        )
     if not result["ok"]:
         sys.exit(1)
 

@@ -18,6 +18,7 @@ from kompakt.deploy import BuildOptions, DeployConfig, build_bundle
 from kompakt.deploy.builders.tensorrt import TensorRTBuildSettings, build_plan
 from kompakt.errors import KompaktError, ShapeError
 from kompakt.runtime import load
+from kompakt.runtime.backends import EngineFiles
 
 
 def _reference(onnx_path, x):
@@ -164,7 +165,10 @@ def test_runner_binds_every_output_with_its_dtype(fake_tensorrt, tmp_path):
 
     w = _two_output_model(tmp_path / "two.onnx")
     info = build_plan(tmp_path / "two.onnx", tmp_path, TensorRTBuildSettings(max_batch=8))
-    runner = TensorRTRunner(tmp_path / "model.plan", {"backend_info": info}, None)
+    files = EngineFiles(
+        tmp_path, "model.plan", {"model.plan": (tmp_path / "model.plan").read_bytes()}
+    )
+    runner = TensorRTRunner(files, {"backend_info": info}, None)
     x = _x(5)
     out = runner.run_all(x)
     assert out["label"].dtype == np.int64 and out["logits"].dtype == np.float32

@@ -17,6 +17,7 @@ from clirun import kompakt
 from kompakt.deploy import DeployConfig, build_bundle
 from kompakt.errors import ConfigError, KompaktError
 from kompakt.runtime import BundleError, load
+from kompakt.runtime.backends import EngineFiles
 from kompakt.runtime.signing import SignatureError, generate_key
 
 X = np.linspace(-1, 1, 2 * 64, dtype=np.float32).reshape(2, 1, 8, 8)
@@ -111,7 +112,7 @@ def test_provider_options_that_could_load_code_are_refused(lenet_bundle, option)
     manifest["backend"] = "onnxruntime-tensorrt"
     manifest["backend_options"] = {"provider_options": {option: "/tmp/evil.so"}}
     with pytest.raises(BundleError, match="does not allow"):
-        OnnxRuntimeTensorrtRunner(lenet_bundle / manifest["artifact"], manifest, None)
+        OnnxRuntimeTensorrtRunner(EngineFiles.read(lenet_bundle, manifest), manifest, None)
 
 
 def test_force_replaces_only_bundles(lenet_onnx, lenet_bundle, tmp_path, monkeypatch):
@@ -320,10 +321,16 @@ def test_golden_samples_are_read_by_their_hashed_path_never_from_a_fifo(lenet_bu
         m["golden"]["file"] = "pipe"
 
     edit_manifest(out, rename_key)
-    os.mkfifo(out / "pipe")
-    with load(out) as engine:
-        result = engine.verify()  # reads golden.npz (the hashed path), not the FIFO
+    forged = np.zeros(1)
+    np.savez(out / "pipe", inputs=forged, reference=forged)  # an unhashed file by that name
+    (out / "pipe.npz").rename(out / "pipe")
+    with pytest.warns(RuntimeWarning, match="pipe is not listed"), load(out) as engine:
+        result = engine.verify()  # reads golden.npz (the hashed path), not the forged file
     assert result["ok"] and result["samples"] > 0
+    (out / "pipe").unlink()
+    os.mkfifo(out / "pipe")  # a FIFO anywhere in a bundle is refused before anything opens it
+    with pytest.raises(BundleError, match="pipe is not a regular file"):
+        load(out)
 
 
 def test_golden_samples_that_inflate_or_do_not_fit_the_model_are_refused(lenet_bundle, tmp_path):
@@ -331,7 +338,7 @@ def test_golden_samples_that_inflate_or_do_not_fit_the_model_are_refused(lenet_b
     the wrong shape or zero samples are a KompaktError, not a numpy traceback."""
     import time
 
-    from kompakt.runtime import golden
+    from kompakt.runtime.files import limits
 
     cases = {
         "inflates": (np.zeros((2, 1, 8, 8), np.float32), np.zeros((10_000_000, 10), np.float32)),
@@ -351,6 +358,6 @@ def test_golden_samples_that_inflate_or_do_not_fit_the_model_are_refused(lenet_b
         assert time.perf_counter() - start < 5, label
         if label == "inflates":
             assert "would inflate" in str(caught.value)
-            assert reference.nbytes > golden.MAX_GOLDEN_BYTES
+            assert reference.nbytes > limits().golden_bytes
         else:
             assert "golden samples hold" in str(caught.value), label

@@ -13,8 +13,11 @@ replaced only with force=True.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,7 +39,7 @@ from kompakt.errors import ConfigError, KompaktError
 from kompakt.machine import describe_machine, package_version
 from kompakt.options import opt
 from kompakt.runtime import golden
-from kompakt.runtime.backends import RUNNERS, BackendUnavailable, require
+from kompakt.runtime.backends import RUNNERS, BackendUnavailable, EngineFiles, require
 from kompakt.runtime.cpu import int8_isa
 from kompakt.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file, validate_manifest
 from kompakt.runtime.preprocessing import Preprocessing
@@ -80,6 +83,14 @@ class DeployConfig:
         None, "Ed25519 private key (base64, or a file holding it) to sign the bundle with."
     )
     force: bool = opt(False, "Replace an existing bundle (only ever a kompakt bundle).")
+    bundle_name: str | None = opt(
+        None, "The bundle's name in its identity (default: the output folder's name)."
+    )
+    bundle_version: int | None = opt(
+        None,
+        "The bundle's version (an integer; default: the build time in seconds, so a rebuild is "
+        "newer); apps refuse rollbacks with load(expect='NAME@>=N').",
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in (*PRECISIONS, "auto"):
@@ -96,6 +107,23 @@ class DeployConfig:
             raise ConfigError(
                 f"int8_scheme must be 'portable' or 'full-range', got {self.int8_scheme!r}"
             )
+        if self.bundle_version is not None and (
+            not isinstance(self.bundle_version, int) or self.bundle_version < 0
+        ):
+            raise ConfigError(
+                f"bundle_version must be an integer >= 0, got {self.bundle_version!r}"
+            )
+        if self.bundle_name is not None and not re.fullmatch(r"[^@\s]{1,200}", self.bundle_name):
+            raise ConfigError(
+                f"bundle_name must be 1-200 characters without '@' or spaces, got "
+                f"{self.bundle_name!r}"
+            )
+
+    def identity(self, out: Path) -> dict:
+        """The manifest's `bundle` record (see kompakt.runtime.identity)."""
+        name = self.bundle_name or re.sub(r"[@\s]", "-", out.name)[:200] or "bundle"
+        version = int(time.time()) if self.bundle_version is None else self.bundle_version
+        return {"name": name, "version": version}
 
 
 def _tensor_entries(values) -> list[dict]:
@@ -229,13 +257,18 @@ def build_bundle(
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    # the owner's pid in the name: the next deploy removes it once that process is gone
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-{os.getpid()}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         shutil.copyfile(model_path, tmp / "model.onnx")
-        manifest = _build_into(tmp, backend, config, options, data, source, meta, inputs, outputs)
+        with temp_files_in(tmp / ".work"):  # the quantizer's scratch files die with the build
+            manifest = _build_into(
+                tmp, backend, config, options, data, source, meta, inputs, outputs
+            )
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
         manifest["files"] = _file_entries(tmp)
+        manifest["bundle"] = config.identity(out)
         if config.sign_key:
             manifest["signature"] = sign_manifest(manifest, config.sign_key)
         validate_manifest(manifest)
@@ -291,7 +324,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
             max_batch,
         )
         (tmp / MANIFEST).write_text(json.dumps(provisional))
-        runner = _runner(tmp, provisional, artefact.path, options.threads)
+        runner = _runner(tmp, provisional, artefact, options.threads)
         reference_session = ort.InferenceSession(
             str(tmp / "model.onnx"), providers=["CPUExecutionProvider"]
         )
@@ -366,7 +399,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
             quantization["graph"] = None  # turned into the backend's own artefact, not shipped
     if config.ckpt:
         parity["vs_pytorch"] = _pytorch_parity(
-            config.ckpt, tmp, artefact.path, data, inputs, options, config
+            config.ckpt, tmp, artefact, data, inputs, options, config
         )
     manifest = _manifest(
         config, options, artefact, meta, inputs, outputs, quantization, graph_precision, max_batch
@@ -393,8 +426,8 @@ def _speed_vs_fp32(tmp, backend, artefact, options, x, chunk) -> dict[str, float
         fp32 = backend.build(reference_dir / "model.onnx", reference_dir, "fp32", options)
         fp32_manifest = {**manifest, "precision": "fp32", "quantization": None}
         runners = {
-            "fp32": _runner(reference_dir, fp32_manifest, fp32.path, options.threads),
-            "bundle": _runner(tmp, manifest, artefact.path, options.threads),
+            "fp32": _runner(reference_dir, fp32_manifest, fp32, options.threads),
+            "bundle": _runner(tmp, manifest, artefact, options.threads),
         }
         ratios = {}
         for batch in sorted({1, chunk}):
@@ -432,6 +465,8 @@ def _build_auto(model_path: Path, out: Path, config: DeployConfig, options: Buil
     measured batch and within the accuracy limit, else build FP32. The manifest says why."""
     backend = BACKENDS.get(config.backend)()
     check_output(out, model_path, config.force)
+    named = config.identity(out)  # the trial is built elsewhere: name it after out
+    config = dataclasses.replace(config, bundle_name=named["name"], bundle_version=named["version"])
     limit = config.max_accuracy_drop if config.max_accuracy_drop is not None else AUTO_MAX_DROP
     considered: dict[str, dict] = {}
     chosen = None
@@ -506,18 +541,50 @@ def check_output(out: Path, source: Path, force: bool) -> None:
 
 def _clean_stale(out: Path, older_than_s: float = 3600.0) -> None:
     """Finish or undo an interrupted replacement, and remove build directories left by killed
-    deploys (older than an hour, so a concurrent deploy's are left alone)."""
+    deploys: those whose owner process is gone (the pid in the name; a concurrent deploy's are
+    left alone), and unnamed ones older than an hour."""
     old = out.with_name(f".{out.name}.old")
     if old.is_dir() and not out.exists() and is_bundle(old):
         old.rename(out)  # the crash came between the two renames: put the old bundle back
     now = time.time()
     for stale in out.parent.glob(f".{out.name}.build-*"):
-        if stale.is_dir() and now - stale.stat().st_mtime > older_than_s:
+        owner = stale.name[len(f".{out.name}.build-") :].split("-", 1)[0]
+        gone = not _alive(int(owner)) if owner.isdigit() else None
+        if stale.is_dir() and (
+            gone or (gone is None and now - stale.stat().st_mtime > older_than_s)
+        ):
             shutil.rmtree(stale, ignore_errors=True)
     for retired in out.parent.glob(f".{out.name}.retired-*"):
         stamp = retired.name.rsplit("-", 1)[-1]
         if stamp.isdigit() and now - int(stamp) / 1e9 > RETIRED_KEEP_S:
             shutil.rmtree(retired, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def temp_files_in(folder: Path):
+    """Temporary files (ONNX Runtime's quantizer writes augmented models through `tempfile`) go
+    to `folder` while this runs, so a killed build leaves them inside its own build directory,
+    which the next deploy removes, not in the system temp directory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 RETIRED_KEEP_S = 600.0  # a replaced bundle stays readable this long for engines loading it
@@ -587,9 +654,11 @@ def _quantization_record(result, backend) -> dict:
     return record
 
 
-def _runner(bundle: Path, manifest: dict, artefact: str, threads: int | None):
+def _runner(bundle: Path, manifest: dict, artefact, threads: int | None):
     """The backend's runner on a bundle still being built (no hashes to check yet)."""
-    return RUNNERS.get(manifest["backend"])(bundle / artefact, manifest, threads)
+    names = {"artifact": artefact.path, "artifact_files": [artefact.path, *artefact.extra]}
+    files = EngineFiles.read(bundle, names)
+    return RUNNERS.get(manifest["backend"])(files, manifest, threads)
 
 
 def _pytorch_parity(ckpt_path, tmp, artefact, data, inputs, options, config) -> dict:

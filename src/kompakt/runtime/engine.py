@@ -21,9 +21,11 @@ from kompakt.errors import (
 )
 from kompakt.measure import class_scores
 from kompakt.runtime import golden
-from kompakt.runtime.backends import RUNNERS
+from kompakt.runtime.backends import RUNNERS, EngineFiles
 from kompakt.runtime.cpu import check_int8_bundle
-from kompakt.runtime.manifest import BundleError, PinnedDirectory, confined, read_manifest
+from kompakt.runtime.files import check_file
+from kompakt.runtime.identity import check_expected, identity
+from kompakt.runtime.manifest import BundleError, PinnedDirectory, read_checked, read_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
 __all__ = ["RUNNERS", "BackendUnavailable", "Engine", "load"]
@@ -66,6 +68,7 @@ class Engine:
         reject_nan: bool = False,
         trusted_keys: list[str] | None = None,
         tuning: dict | None = None,
+        expect: str | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         if self.bundle.is_symlink():
@@ -73,20 +76,24 @@ class Engine:
         self._pin = PinnedDirectory(self.bundle)
         self.root = self._pin.path  # every file is read through here (see PinnedDirectory)
         try:
-            self._open(backend, threads, reject_nan, trusted_keys, tuning or {})
+            self._open(backend, threads, reject_nan, trusted_keys, tuning or {}, expect)
         except BaseException:
             self._pin.close()
             raise
 
-    def _open(self, backend, threads, reject_nan, trusted_keys, tuning) -> None:
-        self.manifest = read_manifest(self.root, trusted_keys=trusted_keys, pinned=True)
+    def _open(self, backend, threads, reject_nan, trusted_keys, tuning, expect) -> None:
+        # signature, schema, limits and directory checked; files hashed below, each read once
+        self.manifest = read_manifest(
+            self.root, verify=False, trusted_keys=trusted_keys, pinned=True
+        )
+        check_expected(self.manifest, expect)
         self.backend = backend or self.manifest["backend"]
         self.inputs = [_spec(e) for e in self.manifest["inputs"]]
         self.outputs = [_spec(e) for e in self.manifest["outputs"]]
         self.class_names = list(self.manifest["class_names"])
         self.max_batch = self.manifest.get("max_batch")
         self.reject_nan = reject_nan
-        entry = self.manifest["files"][self.manifest["artifact"]]  # read_manifest checked it
+        artefact = self.manifest["artifact"]  # read_manifest checked it is listed
         check_int8_bundle(self.manifest)  # before any kernel runs: refuse, never compute wrong
         runner = RUNNERS.get(self.backend)
         tuning = {k: v for k, v in tuning.items() if v is not None}
@@ -96,17 +103,29 @@ class Engine:
                 f"the {self.backend} runtime has no {', '.join(unsupported)} setting; drop it "
                 f"(it supports: {', '.join(getattr(runner, 'tuning', ())) or 'threads only'})"
             )
+        # read once, hashed from these bytes, handed to the backend as bytes: what was checked
+        # (and signed) is what runs, whatever happens to the directory meanwhile
+        files = self.manifest["files"]
+        names = [artefact, *[n for n in self.manifest.get("artifact_files", []) if n != artefact]]
+        contents = {files[n]["path"]: read_checked(self.root, files[n]) for n in names}
+        for name in set(files) - set(names):  # the rest (golden samples, caches) hashed too
+            check_file(self.root, files[name])
         try:
-            path = confined(self.root, entry["path"])
-            self._runner = runner(path, self.manifest, threads, **tuning)
+            loaded = EngineFiles(self.root, files[artefact]["path"], contents)
+            self._runner = runner(loaded, self.manifest, threads, **tuning)
         except KompaktError:
             raise
         except Exception as error:  # the SDK's own message, on one line, naming the file
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise BundleError(
-                f"the {self.backend} backend cannot load {entry['path']}: {first}; rebuild the "
-                "bundle with kompakt deploy"
+                f"the {self.backend} backend cannot load {files[artefact]['path']}: {first}; "
+                "rebuild the bundle with kompakt deploy"
             ) from None
+
+    @property
+    def identity(self) -> dict:
+        """{"name", "version", "digest"}: what this bundle is (signed with the manifest)."""
+        return identity(self.manifest)
 
     @property
     def runner(self):
@@ -261,6 +280,7 @@ def load(
     verify: bool = False,
     trusted_keys: list[str] | None = None,
     tuning: dict | None = None,
+    expect: str | None = None,
 ) -> Engine:
     """Load a bundle directory (hashes verified first) and return its Engine.
 
@@ -271,8 +291,11 @@ def load(
             $KOMPAKT_TRUSTED_KEYS) the bundle must carry a valid signature by one of them.
         tuning: runtime settings beyond threads, e.g. {"spin": False, "inter_op_threads": 1}
             (a runner declares the ones it has; others are refused, never ignored).
+        expect: the bundle this app wants: "NAME", "NAME@VERSION", "NAME@>=VERSION" (refuses
+            a rollback) or "sha256:DIGEST" (see kompakt.runtime.identity); binding only for a
+            signed bundle loaded with trusted keys.
     """
-    engine = Engine(bundle, backend, threads, reject_nan, trusted_keys, tuning)
+    engine = Engine(bundle, backend, threads, reject_nan, trusted_keys, tuning, expect)
     if verify:
         result = engine.verify()
         if not result["ok"]:

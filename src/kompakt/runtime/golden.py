@@ -14,7 +14,7 @@ import numpy as np
 
 from kompakt.errors import KompaktError
 from kompakt.measure import parity
-from kompakt.runtime.manifest import read_checked
+from kompakt.runtime.files import limits, read_checked
 
 GOLDEN_FILE = "golden.npz"
 DEFAULT_SAMPLES = 32
@@ -23,26 +23,24 @@ DEFAULT_SAMPLES = 32
 FLOOR = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2}
 
 
-# what a golden file may inflate to (both arrays together): far above kompakt's own (32 samples)
-MAX_GOLDEN_BYTES = 64 * 1024 * 1024
-
 
 def read_golden(root: Path, entry: dict) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, reference) from the golden file the manifest hashes: opened once by that entry's
     path (a regular file, never a FIFO or device), checked against its size and sha256 from the
-    bytes read, and inflated only after every member's declared size is within
-    MAX_GOLDEN_BYTES."""
+    bytes read, and inflated only after every member's declared size is within the
+    `golden_bytes` limit."""
     import io
     import zipfile
 
     data = read_checked(root, entry)
+    cap = limits().golden_bytes
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-        if declared > MAX_GOLDEN_BYTES:
+        if declared > cap:
             raise KompaktError(
                 f"golden samples {entry['path']} would inflate to {declared:,} bytes (limit "
-                f"{MAX_GOLDEN_BYTES:,}); refused"
+                f"{cap:,}, raise it with KOMPAKT_LIMITS=golden_bytes=...); refused"
             )
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return np.asarray(arrays["inputs"]), np.asarray(arrays["reference"])
@@ -99,7 +97,18 @@ def check(engine, record: dict, run_batch: int | None = None) -> dict:
             "inputs, shaped like the model's output: rebuild the bundle"
         )
     step = max(1, min(run_batch or len(inputs), engine.max_batch or len(inputs)))
-    got = np.concatenate([engine.run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+    try:
+        got = np.concatenate(
+            [engine.run(inputs[i : i + step]) for i in range(0, len(inputs), step)]
+        )
+    except KompaktError:
+        raise
+    except Exception as error:  # the backend's own failure (another runtime version, memory)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise KompaktError(
+            f"the {engine.backend} backend failed on the golden samples: {first}; rebuild the "
+            "bundle on this machine's runtime (kompakt deploy)"
+        ) from None
     result = parity(reference, got)
     limits = record["tolerance"]
     result["ok"] = bool(

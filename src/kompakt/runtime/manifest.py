@@ -11,14 +11,34 @@ from importlib import resources
 from pathlib import Path
 
 from kompakt._io import sha256_file
-from kompakt.errors import KompaktError
+from kompakt.runtime.files import (
+    BundleError,
+    Limits,
+    PinnedDirectory,
+    check_file,
+    check_json_size,
+    confined,
+    limits,
+    read_checked,
+    read_regular,
+    scan_directory,
+)
+
+__all__ = [  # the file helpers are re-exported: callers know them from here
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "BundleError",
+    "PinnedDirectory",
+    "check_schema",
+    "confined",
+    "read_checked",
+    "read_manifest",
+    "sha256_file",
+    "validate_manifest",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST = "kompakt.json"
-
-
-class BundleError(KompaktError):
-    """A bundle is missing, tampered with, truncated or malformed."""
 
 
 def manifest_schema() -> dict:
@@ -89,68 +109,6 @@ def validate_manifest(manifest: dict) -> None:
     check_schema(manifest, manifest_schema(), "kompakt.json")
 
 
-def confined(bundle: Path, relative: str) -> Path:
-    """`bundle / relative`, refusing absolute paths, `..`, NUL bytes and symlinks anywhere on
-    the way, so the path cannot leave the bundle. It is *not* resolved: under a pinned bundle
-    (`/proc/self/fd/N`) it keeps naming the file in the directory held open, even after a
-    deploy swapped another bundle in at the same path (resolving it named the new bundle's file
-    and refused it as "outside", or mixed two bundles)."""
-    if not isinstance(relative, str) or "\x00" in relative or not relative:
-        raise BundleError(f"manifest file path {relative!r} is not a valid relative path; refused")
-    try:
-        relative.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BundleError(f"manifest file path {relative!r} is not valid UTF-8; refused") from None
-    parts = Path(relative).parts
-    if Path(relative).is_absolute() or ".." in parts or len(relative) > 1024:
-        raise BundleError(f"manifest file path {relative!r} leaves the bundle directory; refused")
-    current = bundle
-    for part in parts:  # a symlink anywhere on the way could point outside
-        if len(part) > 255:
-            raise BundleError(f"manifest file path {relative[:60]!r}... has a name too long")
-        current = current / part
-        if current.is_symlink():
-            raise BundleError(f"bundle path {relative!r} is a symlink; refused")
-    return current
-
-
-def read_checked(bundle: Path, entry: dict) -> bytes:
-    """The bytes of a hashed bundle file, read once: `confined` path, opened without following
-    a symlink and without blocking (a FIFO put in its place cannot hang us), refused unless a
-    regular file of exactly the manifest's size, and hashed from the bytes returned, so what
-    was checked is what the caller uses."""
-    import hashlib
-    import stat
-
-    path = confined(bundle, entry["path"])
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as error:
-        raise BundleError(
-            f"bundle file {entry['path']} cannot be opened: {error.strerror}"
-        ) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BundleError(f"bundle file {entry['path']} is not a regular file; refused")
-        if info.st_size != entry["bytes"]:
-            raise BundleError(
-                f"bundle file {entry['path']} has {info.st_size} bytes, the manifest says "
-                f"{entry['bytes']} (truncated or replaced); rebuild the bundle"
-            )
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(entry["bytes"] + 1)
-    finally:
-        os.close(fd)
-    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"].lower():
-        raise BundleError(
-            f"bundle file {entry['path']} does not match its sha256 in {MANIFEST} (changed "
-            "while being read, or corrupted); rebuild the bundle"
-        )
-    return data
-
-
 def _interrupted(bundle: Path) -> str:
     old = bundle.with_name(f".{bundle.name}.old")
     if (old / MANIFEST).is_file():
@@ -161,26 +119,35 @@ def _interrupted(bundle: Path) -> str:
     return ""
 
 
-class PinnedDirectory:
-    """A bundle directory held open, so every file is read from the same directory even if a
-    deploy swaps a new bundle in at the same path meanwhile (Linux: through /proc/self/fd; other
-    systems fall back to the plain path)."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd: int | None = None
-        self.path = path
-        proc = Path("/proc/self/fd")
-        if proc.is_dir() and hasattr(os, "O_DIRECTORY") and path.is_dir():
-            try:
-                self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-                self.path = proc / str(self.fd)
-            except OSError:
-                self.fd = None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def parse_manifest(bundle: Path, limit: Limits) -> dict:
+    """kompakt.json read once (a regular file, size-capped before parsing), parsed, its size in
+    values / depth / string length checked, then validated against the schema."""
+    path = bundle / MANIFEST
+    if path.is_symlink():
+        raise BundleError(f"{bundle}: its {MANIFEST} must not be a symlink")
+    if not os.path.lexists(path):
+        raise BundleError(
+            f"{bundle} is not a kompakt bundle: {MANIFEST} is missing{_interrupted(bundle)}"
+        )
+    data = read_regular(path, f"{bundle.name}/{MANIFEST}", limit.manifest_bytes)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise BundleError(f"{path} is not valid JSON: {str(error)[:200]}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    check_json_size(manifest, limit, MANIFEST)
+    files = manifest.get("files")
+    if isinstance(files, dict) and len(files) > limit.files:  # before walking each entry
+        raise BundleError(f"{MANIFEST} lists {len(files):,} files, above the limit {limit.files}")
+    validate_manifest(manifest)
+    total = sum(entry["bytes"] for entry in manifest["files"].values())
+    if total > limit.total_bytes:
+        raise BundleError(
+            f"{MANIFEST} lists {total:,} bytes of files, above the limit {limit.total_bytes:,} "
+            "(raise it with KOMPAKT_LIMITS=total_bytes=...)"
+        )
+    return manifest
 
 
 def read_manifest(
@@ -192,31 +159,24 @@ def read_manifest(
     """Load, validate and (by default) verify every file's sha256 and size.
 
     Hashes catch corruption; with trusted keys (or $KOMPAKT_TRUSTED_KEYS) the manifest's
-    signature must also match, which catches tampering (see kompakt.runtime.signing).
+    signature must also match, which catches tampering (see kompakt.runtime.signing), and the
+    directory must hold exactly the files the manifest lists.
 
     Raises:
-        BundleError: naming the file that is missing, corrupted, a symlink or unlisted.
+        BundleError: naming the file that is missing, corrupted, a symlink, unlisted, or over
+            a limit (see `files.Limits`).
         SignatureError: trusted keys are configured and the bundle is unsigned or mis-signed.
     """
     from kompakt.runtime.signing import check_signature
     from kompakt.runtime.signing import trusted_keys as configured_keys
 
     bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if (bundle.is_symlink() and not pinned) or path.is_symlink():
-        raise BundleError(f"{bundle}: the bundle and its {MANIFEST} must not be symlinks")
-    if not path.is_file():
-        raise BundleError(
-            f"{bundle} is not a kompakt bundle: {MANIFEST} is missing{_interrupted(bundle)}"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise BundleError(f"{path} is not valid JSON: {str(error)[:200]}") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    validate_manifest(manifest)
-    check_signature(manifest, configured_keys(trusted_keys))
+    if bundle.is_symlink() and not pinned:
+        raise BundleError(f"{bundle}: the bundle must not be a symlink")
+    limit = limits()
+    manifest = parse_manifest(bundle, limit)
+    keys = configured_keys(trusted_keys)
+    check_signature(manifest, keys)
     listed = set(manifest["files"])
     golden = manifest.get("golden") or {}
     opened = {manifest["artifact"], *manifest.get("artifact_files", [])}
@@ -226,28 +186,15 @@ def read_manifest(
                 f"manifest file {name!r} is not among the hashed files; the runtime opens "
                 "no file the manifest does not hash: rebuild the bundle"
             )
-    for link in (p for p in bundle.rglob("*") if p.is_symlink()):
-        raise BundleError(f"bundle file {link.relative_to(bundle)} is a symlink; refused")
     if manifest["schema_version"] > SCHEMA_VERSION:
         raise BundleError(
             f"bundle schema_version {manifest['schema_version']} is newer than this kompakt "
             f"understands ({SCHEMA_VERSION}); upgrade kompakt"
         )
     for entry in manifest["files"].values():
-        file = confined(bundle, entry["path"])
-        if not verify:
-            continue
-        if not file.is_file():
-            raise BundleError(f"bundle file {entry['path']} is missing")
-        size = file.stat().st_size
-        if size != entry["bytes"]:
-            raise BundleError(
-                f"bundle file {entry['path']} has {size} bytes, the manifest says "
-                f"{entry['bytes']} (truncated or replaced); rebuild the bundle"
-            )
-        if sha256_file(file) != entry["sha256"].lower():
-            raise BundleError(
-                f"bundle file {entry['path']} does not match its sha256 in {MANIFEST} "
-                "(corrupted, or changed without updating the manifest); rebuild the bundle"
-            )
+        confined(bundle, entry["path"])
+    scan_directory(bundle, manifest, strict=bool(keys), limit=limit)
+    if verify:
+        for entry in manifest["files"].values():
+            check_file(bundle, entry)
     return manifest

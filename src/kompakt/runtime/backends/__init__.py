@@ -3,7 +3,8 @@ device facts it checks. numpy and the backend's SDK only; never torch, never kom
 
 Every module in this package registers its runners in RUNNERS on import (`load_builtin_runners`
 imports them all); a plugin outside kompakt registers its own the same way. A runner is a class
-`Runner(path, manifest, threads)` with `run(x) -> np.ndarray` (thread-safe) and `close()`, and a
+`Runner(files: EngineFiles, manifest, threads)` that loads the model from `files` (the checked
+bytes, never the path again), with `run(x) -> np.ndarray` (thread-safe) and `close()`, and a
 class attribute `sdk` naming the module it imports (the benchmark pre-imports it so that its
 import is not counted as model memory).
 """
@@ -14,7 +15,7 @@ import importlib
 import pkgutil
 
 from kompakt.errors import BackendUnavailable
-from kompakt.runtime.backends.base import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, EngineFiles, require
 
 
 def load_builtin_runners() -> None:
@@ -32,4 +33,4 @@ def plugin_modules() -> list[str]:
 
 load_builtin_runners()
 
-__all__ = ["RUNNERS", "BackendUnavailable", "plugin_modules", "require"]
+__all__ = ["RUNNERS", "BackendUnavailable", "EngineFiles", "plugin_modules", "require"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from kompakt.errors import BackendUnavailable
-from kompakt.runtime.backends.base import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, EngineFiles, require
 from kompakt.runtime.manifest import BundleError, confined
 
 # TensorRT EP options a bundle may set. Anything else (notably the options that load a shared
@@ -71,7 +72,7 @@ class OnnxRuntimeRunner:
 
     def __init__(
         self,
-        path: Path,
+        files: EngineFiles,
         manifest: dict,
         threads: int | None,
         spin: bool = False,
@@ -88,8 +89,8 @@ class OnnxRuntimeRunner:
         # spinning off by default: a spinning pool burns the cores a co-located app needs
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
-        providers = type(self).provider_list(path, manifest)
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        providers = type(self).provider_list(files.path, manifest)
+        self.session = _session(ort, files, options, providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         active = self.session.get_providers()
         if active[0] != wanted:  # ORT only warns and falls back to the CPU
@@ -108,6 +109,23 @@ class OnnxRuntimeRunner:
 
     def close(self) -> None:
         self.session = None
+
+
+def _session(ort, files: EngineFiles, options, providers):
+    """A session on the checked bytes. External data (a model over 2 GB) comes from memory too:
+    from bytes, ONNX Runtime would resolve an external file against the working directory, so
+    it is pointed at an empty folder and only the bundle's listed, hashed files exist for it."""
+    extra = files.extra()
+    if extra:
+        names = list(extra)
+        options.add_external_initializers_from_files_in_memory(
+            names, [extra[n] for n in names], [len(extra[n]) for n in names]
+        )
+    with tempfile.TemporaryDirectory(prefix="kompakt-noext-") as empty:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", empty
+        )
+        return ort.InferenceSession(files.data, options, providers=providers)
 
 
 @RUNNERS.register("onnxruntime-cuda", help="ONNX Runtime, CUDA execution provider")

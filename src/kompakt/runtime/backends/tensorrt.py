@@ -5,12 +5,11 @@ the runner compares the build's fingerprint with this machine's before deseriali
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 
 from kompakt.errors import KompaktError, ShapeError
-from kompakt.runtime.backends.base import RUNNERS, require
+from kompakt.runtime.backends.base import RUNNERS, EngineFiles, require
 
 
 def cudart():
@@ -71,24 +70,24 @@ class TensorRTRunner:
 
     sdk = "tensorrt"
 
-    def __init__(self, path: Path, manifest: dict, threads: int | None) -> None:
+    def __init__(self, files: EngineFiles, manifest: dict, threads: int | None) -> None:
         trt = require("tensorrt", "gpu", "the tensorrt backend")
         self.trt, self.cuda = trt, cudart()
         self.device = int(manifest.get("backend_options", {}).get("device_id", 0))
         cuda_call(self.cuda.cudaSetDevice(self.device), "cudaSetDevice")
         check_fingerprint(manifest.get("backend_info", {}), device_fingerprint(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(files.data)
         if self.engine is None:
-            raise KompaktError(f"TensorRT could not deserialise {path} (see its log above)")
+            raise KompaktError(f"TensorRT could not deserialise {files.main} (see its log above)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if n not in self.inputs]
         if len(self.inputs) != 1 or not self.outputs:
             raise KompaktError(
-                f"kompakt runs plans with one input and at least one output; {path} has inputs "
-                f"{self.inputs} and outputs {self.outputs}"
+                "kompakt runs plans with one input and at least one output; "
+                f"{files.main} has inputs {self.inputs} and outputs {self.outputs}"
             )
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.local = threading.local()
