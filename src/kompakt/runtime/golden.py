@@ -23,7 +23,6 @@ DEFAULT_SAMPLES = 32
 FLOOR = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2}
 
 
-
 def read_golden(root: Path, entry: dict) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, reference) from the golden file the manifest hashes: opened once by that entry's
     path (a regular file, never a FIFO or device), checked against its size and sha256 from the
