@@ -260,7 +260,10 @@ def _mutations(manifest: dict, rng: random.Random):
     if choice == 0 and isinstance(parent, dict):
         del parent[last]
     elif choice == 1:
-        parent[last] = rng.choice([None, -1, 0, 1e308, "", "x" * 5, [], {}, True, "../x"])
+        parent[last] = rng.choice(
+            [None, -1, 0, 1e308, "", "x" * 5, [], {}, True, "../x", "\ud800", "n" * 300]
+            + [{"dot": {"a": 1}}, {"scheme": [1]}, [[0.0] * 3] * 2]  # nested records, shapes
+        )
     elif choice == 2 and isinstance(parent[last], str):
         value = parent[last]
         parent[last] = value[: rng.randrange(len(value) + 1)] + rng.choice(["/", "\x00", "A", ""])
