@@ -22,6 +22,7 @@ from kompakt.errors import ConfigError, KompaktError
 from kompakt.export.exporter import ExportConfig
 from kompakt.optimize.config import OptimizeConfig
 from kompakt.options import click_options, config_from
+from kompakt.quiet import quiet_libraries
 from kompakt.runtime_bench.bench import BenchConfig
 from kompakt.search.darts import SearchConfig
 from kompakt.train.compress import CompressConfig
@@ -32,8 +33,10 @@ class KompaktGroup(click.Group):
     """A click group that turns library errors into one line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> object:
+        debug = bool(ctx.params.get("debug"))  # parsed before invoke
         try:
-            return super().invoke(ctx)
+            with quiet_libraries(debug, echo=lambda line: click.echo(line, err=True)):
+                return super().invoke(ctx)
         except KompaktError as error:
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -43,7 +46,7 @@ class KompaktGroup(click.Group):
 
 @click.group(cls=KompaktGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kompakt")
-@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks, and other libraries' log lines.")
 @click.option(
     "--plugin",
     "plugins",
@@ -461,8 +464,22 @@ def deploy_command(ctx: click.Context, model: str | None, output: str | None, **
             f"{parity['top1_agreement']:.4f}"
         )
     if manifest.get("accuracy"):
-        acc = manifest["accuracy"]
-        click.echo(f"val accuracy: source {acc['fp32_source']}, bundle {acc['bundle']}")
+        click.echo(_accuracy_line(manifest["accuracy"]))
+
+
+def _accuracy_line(acc: dict) -> str:
+    """'val top-1 (270 samples): source 96.30 %, bundle 95.93 % (-0.37 points)', or the
+    regression metrics as name=value."""
+    source, bundle = acc["fp32_source"], acc["bundle"]
+    where = f"{acc.get('split', 'val')} ({acc.get('samples', '?')} samples)"
+    if "top1" in source and "top1" in bundle:
+        drop = acc.get("drop_points", 100 * (source["top1"] - bundle["top1"]))
+        return (
+            f"{where} top-1: source {100 * source['top1']:.2f} %, bundle "
+            f"{100 * bundle['top1']:.2f} % ({-drop:+.2f} points)"
+        )
+    shown = ", ".join(f"{k} {source[k]:.4g} -> {bundle.get(k, float('nan')):.4g}" for k in source)
+    return f"{where}: {shown}"
 
 
 @cli.command("verify")

@@ -150,8 +150,9 @@ def plot(summary: dict, path: Path) -> bool:
         row = r["measured"]["bundles"]["optimized"]
         points.append((f"round {r['round']}", row, r["round"] == summary["chosen_round"]))
     batches = list(first["optimized"]["p50_ms"])
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-    for ax, batch in zip(axes[0], batches, strict=True):
+    # one panel per batch, stacked: each panel's key sits to its right
+    fig, axes = plt.subplots(len(batches), 1, figsize=(7, 4.5 * len(batches)), squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches, strict=True):
         _panel(ax, points, batch)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -159,8 +160,10 @@ def plot(summary: dict, path: Path) -> bool:
 
 
 def _panel(ax, points: list[tuple[str, dict, bool]], batch: str) -> None:
+    from kompakt.plotting import numbered_labels, spread_axis
+
     largest = max(row["artefact_kib"] for _, row, _ in points)
-    xy = []
+    xy, keys = [], []
     for label, row, chosen in points:
         x, y = row["p50_ms"].get(batch), 100 * (row["top1"] or 0)
         if x is None:
@@ -175,12 +178,8 @@ def _panel(ax, points: list[tuple[str, dict, bool]], batch: str) -> None:
             alpha=0.7,
             color="C3" if chosen else ("C0" if dense else "C2"),
         )
-        ax.annotate(
-            f"{label} ({row['precision']})\n{row['artefact_kib']:,.0f} KiB",
-            (x, y),
-            xytext=(6, -14 if chosen else 6),
-            textcoords="offset points",
-            fontsize=7,
+        keys.append(
+            f"{label} ({row['precision']})  {row['artefact_kib']:,.0f} KiB  {x:.3g} ms  {y:.2f} %"
         )
     best, line = -1.0, []
     for x, y in sorted(xy):  # the front: each point more accurate than every faster one
@@ -196,3 +195,5 @@ def _panel(ax, points: list[tuple[str, dict, bool]], batch: str) -> None:
     )
     ax.margins(0.2)
     ax.grid(True, alpha=0.3)
+    spread_axis(ax, [x for x, _ in xy])
+    numbered_labels(ax, xy, keys, title="bundle, file, p50, top-1")

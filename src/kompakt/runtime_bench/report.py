@@ -275,6 +275,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def pareto_plot(ax, bundles: list[dict]) -> None:
+    from kompakt.plotting import numbered_labels, spread_axis
+
     """Accuracy vs latency at the smallest batch: colour = model, marker = backend/precision,
     area = file size, error bars = the measured spread (latency std; accuracy's binomial std),
     the Pareto front drawn."""
@@ -309,13 +311,6 @@ def pareto_plot(ax, bundles: list[dict]) -> None:
             alpha=0.75,
             capsize=3,
         )
-        ax.annotate(
-            f"{b['name']}\n{b['artefact_bytes'] / 1024:.0f} KiB",
-            (stats["p50_ms"], y),
-            xytext=(6, 6),
-            textcoords="offset points",
-            fontsize=7,
-        )
     front = pareto_front(points)
     if has_acc and len(front) > 1:
         ax.step(
@@ -336,8 +331,16 @@ def pareto_plot(ax, bundles: list[dict]) -> None:
     ]
     if has_acc and len(front) > 1:
         handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    # below the axes: inside, it hid points wherever "best" found no empty corner
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4)
     ax.margins(0.15)
+    spread_axis(ax, [p[0] for p in points])
+    keys = [
+        f"{b['name']}  {b['artefact_bytes'] / 1024:,.0f} KiB  {p[0]:.3g} ms"
+        + (f"  {p[1]:.2f} %" if has_acc else "")
+        for b, p in zip(shown, points, strict=True)
+    ]
+    numbered_labels(ax, points, keys, title=f"batch {batch}: bundle, file, p50, top-1")
     ax.set(
         xlabel=f"p50 latency at batch {batch} (ms), bars: ± std",
         ylabel="top-1 accuracy (%), bars: ± binomial std" if has_acc else "(no accuracy measured)",

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +41,10 @@ from kompakt.train.pruning import RelevanceConfig, RelevancePruner, compact_
 
 class TrainingDivergedError(KompaktError):
     """The loss became NaN or infinite."""
+
+
+# optimizer steps a from-scratch run needs to learn something (see default_batch)
+MIN_STEPS = 240
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,11 @@ class TrainConfig:
     )
     label_smoothing: float = opt(0.0, "Label smoothing for classification.")
     augment: bool | None = opt(None, "Random crop + flip; default on for 32x32 RGB.")
-    batch_size: int = opt(64, "Global batch size.")
+    batch_size: int | None = opt(
+        None,
+        "Global batch size; default 64, or smaller (down to 8) where the run would otherwise "
+        f"make fewer than {MIN_STEPS} optimizer steps (a few epochs of a small dataset).",
+    )
     seed: int = opt(0, "Seed of shuffling, augmentation, dropout and init.")
     resume: bool = opt(False, "Continue from OUT/last.pt.")
     nproc: int = opt(1, "DistributedDataParallel processes.")
@@ -114,6 +122,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "nproc"):
             value = getattr(self, name)
+            if value is None and name == "batch_size":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.optimizer not in ("sgd", "adam"):
@@ -135,7 +145,7 @@ class TrainConfig:
             )
         if self.prune_options and not self.prune:
             raise ConfigError("relevance pruning options need --prune relevance")
-        if self.batch_size % self.nproc:
+        if self.batch_size is not None and self.batch_size % self.nproc:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be divisible by nproc={self.nproc} (the "
                 "global batch is split evenly across processes)"
@@ -542,6 +552,26 @@ RESUME_KEYS = (
 )
 
 
+def default_batch(config: TrainConfig, n_train: int) -> int:
+    """64, or the largest batch (>= 8, a multiple of nproc) that gives the run MIN_STEPS
+    optimizer steps: lenet5 on digits (1,257 training images) for 3 epochs at 64 makes 60
+    steps and tests at 25.6 %; at 16 (237 steps) 95.6 %. mnist5k runs of >= 5 epochs keep 64."""
+    batch = min(64, max(8, n_train * config.epochs // MIN_STEPS))
+    return max(config.nproc, batch - batch % config.nproc)
+
+
+def _warn_if_short(config: TrainConfig, n_train: int) -> None:
+    steps = math.ceil(n_train / config.batch_size) * config.epochs
+    if steps < MIN_STEPS and not config.fine_tuning:
+        warnings.warn(
+            f"this run makes only {steps} optimizer steps ({config.epochs} epoch(s) of "
+            f"{math.ceil(n_train / config.batch_size)} batches of {config.batch_size}); models "
+            f"rarely learn in fewer than {MIN_STEPS}: raise --epochs (or lower --batch-size)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
     """Refuse to resume with options other than the checkpoint's (epochs may change)."""
     now = _jsonable(asdict(config))
@@ -580,6 +610,11 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         model, spec, report = _build(config, data)
     if report and rank == 0 and not config.quiet:
         print(report, file=sys.stderr)
+    if config.batch_size is None:  # a resumed run keeps its own; else sized to the data
+        saved = (resume_state or {}).get("train", {}).get("config", {}).get("batch_size")
+        config = replace(config, batch_size=saved or default_batch(config, len(x_train)))
+    if rank == 0:
+        _warn_if_short(config, len(x_train))
     model.train()
     optimizer = _optimizer(config, model, info.task)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
