@@ -58,7 +58,7 @@ def test_cli_beats_toml_beats_defaults_and_unknown_keys_are_refused(tmp_path, se
     result = runner.invoke(cli, ["train", "--config", str(config), "--lr", "0.3", "--json"])
     assert result.exit_code == 0, result.output
     c = seen["c"]
-    assert (c.epochs, c.lr, c.schedule, c.batch_size) == (7, 0.3, "step", 64)
+    assert (c.epochs, c.lr, c.schedule, c.batch_size) == (7, 0.3, "step", None)
     config.write_text("[train]\nepoch = 7\n")
     result = runner.invoke(cli, ["train", "--config", str(config)])
     assert result.exit_code == 1 and "unknown keys" in result.output and "epochs" in result.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,16 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+def _issued_by_kompakt(filename: str) -> bool:
+    """The code that called warnings.warn is kompakt's: the first frame above the warnings
+    machinery (a `stacklevel` may point `filename` at the caller, e.g. a user's script)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.endswith("warnings.py"):
+        frame = frame.f_back
+    issuer = frame.f_code.co_filename if frame is not None else filename
+    return any(str(Path(f).resolve()).startswith(_KOMPAKT) for f in (issuer, filename))
 
 
 @contextlib.contextmanager
@@ -42,7 +53,7 @@ def quiet_libraries(debug: bool = False, echo=print) -> Iterator[list]:
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if str(Path(filename).resolve()).startswith(_KOMPAKT):
+        if _issued_by_kompakt(filename):
             echo(f"kompakt: warning: {message}")
         else:
             hidden.append(f"{category.__name__}: {message}")

@@ -261,8 +261,10 @@ def _mutations(manifest: dict, rng: random.Random):
         del parent[last]
     elif choice == 1:
         parent[last] = rng.choice(
-            [None, -1, 0, 1e308, "", "x" * 5, [], {}, True, "../x", "\ud800", "n" * 300]
-            + [{"dot": {"a": 1}}, {"scheme": [1]}, [[0.0] * 3] * 2]  # nested records, shapes
+            [
+                *(None, -1, 0, 1e308, "", "x" * 5, [], {}, True, "../x", "\ud800", "n" * 300),
+                *({"dot": {"a": 1}}, {"scheme": [1]}, [[0.0, 0.0], [0.0, 0.0]]),  # records
+            ]
         )
     elif choice == 2 and isinstance(parent[last], str):
         value = parent[last]

@@ -560,6 +560,12 @@ def default_batch(config: TrainConfig, n_train: int) -> int:
     return max(config.nproc, batch - batch % config.nproc)
 
 
+def _batches(n_train: int, batch: int, world: int) -> int:
+    """Batches per epoch; a last partial batch too small to split over the processes, or of one
+    sample (BatchNorm cannot train on it), is left out of that epoch."""
+    return n_train // batch + (1 if n_train % batch >= max(2, world) else 0)
+
+
 def _warn_if_short(config: TrainConfig, n_train: int) -> None:
     steps = math.ceil(n_train / config.batch_size) * config.epochs
     if steps < MIN_STEPS and not config.fine_tuning:
@@ -617,7 +623,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         _warn_if_short(config, len(x_train))
     model.train()
     optimizer = _optimizer(config, model, info.task)
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    steps_per_epoch = _batches(len(x_train), config.batch_size, world)
     scheduler = _scheduler(config, optimizer, steps_per_epoch)
     teacher = _teacher(config, info.task)
     features = None
@@ -650,7 +656,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
 
     pruner = None
     if config.prune == "relevance":
-        steps = math.ceil(len(x_train) / config.batch_size) * (config.epochs - start_epoch)
+        steps = _batches(len(x_train), config.batch_size, world) * (config.epochs - start_epoch)
         every = max(10, steps // 40)  # about 30 removal tests over the run
         settings = {"every": every, "warmup": every * 3, **config.prune_options}
         relevance = RelevanceConfig(target=config.prune_target, total_steps=steps, **settings)
@@ -676,7 +682,7 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
         gen = torch.Generator().manual_seed(epoch_seed)
         torch.manual_seed(epoch_seed + 1 + rank)  # dropout
         order = torch.randperm(len(x_train), generator=gen)
-        steps = math.ceil(len(order) / config.batch_size)
+        steps = _batches(len(order), config.batch_size, world)
         running, seen = 0.0, 0
         bar = progress(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", quiet=not show)
         for step in bar:
