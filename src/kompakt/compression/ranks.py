@@ -51,9 +51,34 @@ def bond_spectra(layer: nn.Linear | nn.Conv2d) -> tuple[list[int], list[torch.Te
     w = matrix.reshape(*out_modes, *in_modes)
     w = w.permute([i for k in range(d) for i in (d + k, k)]).reshape(sizes)
     spectra = [
-        torch.linalg.svdvals(w.reshape(math.prod(sizes[: k + 1]), -1)) ** 2 for k in range(d - 1)
+        leading_squared_singular_values(w.reshape(math.prod(sizes[: k + 1]), -1))
+        for k in range(d - 1)
     ]
     return sizes, spectra, float(w.pow(2).sum())
+
+
+# Unfoldings up to this smaller side get their whole spectrum (eigenvalues of the Gram matrix,
+# cheap: side x elements); bigger ones only their PLAN_MAX_RANK leading values, estimated by a
+# randomized SVD in float32, and the planner gives no bond a higher rank. Full SVDs of every
+# unfolding made planning vgg's 25088 x 4096 classifier take minutes (issue 25).
+EXACT_PLAN_SIDE = 512
+PLAN_MAX_RANK = 128
+# the planner starts every bond here (or at its largest useful rank if smaller): a rank-1 bond
+# splits a layer into two independent halves, which the greedy allocator left in place next to
+# rank-1024 bonds when it started from 1
+MIN_BOND_RANK = 4
+
+
+def leading_squared_singular_values(a: torch.Tensor) -> torch.Tensor:
+    """Squared singular values of `a`, descending, float64: all of them for a small side up to
+    EXACT_PLAN_SIDE, else the PLAN_MAX_RANK largest (randomized, 2 power iterations)."""
+    rows, cols = a.shape
+    if min(rows, cols) <= EXACT_PLAN_SIDE:
+        gram = a @ a.T if rows <= cols else a.T @ a
+        return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).double()
+    q = min(min(rows, cols), PLAN_MAX_RANK + 10)
+    _, s, _ = torch.svd_lowrank(a.float(), q=q, niter=2)
+    return (s[:PLAN_MAX_RANK].double() ** 2).sort(descending=True).values
 
 
 def tt_params(sizes: list[int], ranks: list[int]) -> int:
@@ -70,9 +95,13 @@ def allocate_ranks(layers: dict[str, nn.Module], budget: int) -> dict[str, tuple
         sizes, spectra, energy = bond_spectra(layer)
         bias = layer.bias.numel() if layer.bias is not None else 0
         plans[name] = {"sizes": sizes, "spectra": spectra, "energy": energy, "bias": bias}
-        plans[name]["ranks"] = [1] * (len(sizes) - 1)
-    used = sum(tt_params(p["sizes"], p["ranks"]) + p["bias"] for p in plans.values())
-    if used > budget:
+    for start in (MIN_BOND_RANK, 2, 1):  # the highest start that fits the budget
+        for plan in plans.values():
+            plan["ranks"] = [min(start, len(spectrum)) for spectrum in plan["spectra"]]
+        used = sum(tt_params(p["sizes"], p["ranks"]) + p["bias"] for p in plans.values())
+        if used <= budget:
+            break
+    else:
         raise ConfigError(
             f"even rank 1 everywhere needs {used:,} parameters, above the budget {budget:,}; "
             "lower the ratio"
