@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kompakt.compression import TTConfig, compress_
+from kompakt.compression import TTConfig
+from kompakt.models import compress_
 from kompakt.layers import TTLinear, tt
 from kompakt.runtime_bench.timing import save_results
 

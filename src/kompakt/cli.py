@@ -237,13 +237,13 @@ def _key_values(ctx: click.Context, param: str, flag: str) -> dict:
 def train_command(ctx: click.Context, **_: object) -> None:
     """Train a zoo model (optionally compressed) and write checkpoints and metrics."""
     from kompakt.train import fit
+    from kompakt.train.trainer import initialise
 
     config = config_from(ctx, TrainConfig, "train")
     model_kwargs = {**config.model_kwargs, **_key_values(ctx, "model_args", "--model-arg")}
     prune_options = {**config.prune_options, **_key_values(ctx, "prune_args", "--prune-arg")}
-    result = fit(
-        dataclasses.replace(config, model_kwargs=model_kwargs, prune_options=prune_options)
-    )
+    config = dataclasses.replace(config, model_kwargs=model_kwargs, prune_options=prune_options)
+    result = initialise(config) if config.epochs == 0 else fit(config)  # 0: adopt --weights
     if ctx.params.get("as_json"):
         click.echo(json.dumps(result, indent=2))
     else:

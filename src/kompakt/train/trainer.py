@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kompakt.data import DataSplits, load_dataset
-from kompakt.errors import ConfigError, KompaktError
+from kompakt.errors import CheckpointError, ConfigError, KompaktError
 from kompakt.layers import CompressedLayer
 from kompakt.models import build_model, compress_, layer_specs, parse_compression
 from kompakt.models.checkpoint import (
@@ -33,6 +33,7 @@ from kompakt.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from kompakt.models.registry import canonical_source
 from kompakt.models.surgery import MIN_PARAMS, densify_
 from kompakt.options import opt
 from kompakt.progress import progress
@@ -51,7 +52,18 @@ MIN_STEPS = 240
 class TrainConfig:
     """Everything `kompakt train` takes; field names are the CLI option and TOML key names."""
 
-    model: str = opt("lenet5", "A name from `kompakt models list`.")
+    model: str = opt(
+        "lenet5",
+        "A name from `kompakt list models`, or your own: path/to/file.py:factory or "
+        "package.module:Class (called with those of num_classes, in_channels, image_size it "
+        "takes, and --model-arg).",
+    )
+    weights: str | None = opt(
+        None,
+        "Start from these weights: a state_dict file (or a whole saved nn.Module) of --model, "
+        "e.g. from your own training; with --epochs 0 the model is only evaluated and saved as "
+        "a kompakt checkpoint that compress / optimize / prune / export take.",
+    )
     data: str = opt("digits", "A name from `kompakt data list`.")
     epochs: int = opt(10, "Epochs to train (with --resume: the total, counting the done ones).")
     out: str = opt("runs/train", "Output directory.", aliases=("-o",))
@@ -125,8 +137,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and name == "batch_size":
                 continue
+            if name == "epochs" and value == 0 and self.weights:
+                continue  # adopt the weights as they are (evaluate and save)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.weights and self.init_from:
+            raise ConfigError("--weights and --init-from both give the starting weights; pick one")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step", "none"):
@@ -339,6 +355,46 @@ def _score(metrics: dict) -> float:
     return metrics["accuracy"] if "accuracy" in metrics else -metrics["rmse"]
 
 
+def load_weights_(model: nn.Module, path: str) -> None:
+    """Load a user's weights into `model`: a state_dict (also under a "state_dict" or "model"
+    key, or with DDP's "module." prefix) or a whole saved nn.Module (unpickled: only files you
+    name yourself).
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or weights that do not fit the model.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"--weights {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:  # a whole pickled module: code from a file the user named, like --model
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise CheckpointError(f"--weights {path} cannot be read: {first}") from None
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"--weights {path} holds no state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"--weights {path} do not fit the model: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]} (was it saved from this --model with these --model-arg?)"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = next((ln.strip() for ln in str(error).splitlines() if "size mismatch" in ln), "")
+        raise CheckpointError(f"--weights {path} do not fit the model: {detail}") from None
+
+
 def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str | None]:
     info = data.info
     report = None
@@ -361,7 +417,9 @@ def _build(config: TrainConfig, data: DataSplits) -> tuple[nn.Module, dict, str 
             **config.model_kwargs,
         }
         model = build_model(config.model, **kwargs)
-        spec = {"name": config.model, "kwargs": kwargs}
+        spec = {"name": canonical_source(config.model), "kwargs": kwargs}
+        if config.weights:
+            load_weights_(model, config.weights)
     if config.compress:
         calib = None
         if config.calib_samples:
@@ -511,7 +569,8 @@ def initialise(config: TrainConfig) -> dict:
     if report and not config.quiet:
         print(report, file=sys.stderr)
     val = evaluate(model, *data.split("val"), info.task)
-    data_dict = {**info.to_dict(), "root": config.data_root}
+    # the name as given, options included (synthetic:channels=3,...): later steps reload it
+    data_dict = {**info.to_dict(), "name": config.data, "root": config.data_root}
     ckpt = make_checkpoint(model, spec, data_dict, {"val": val, "epoch": 0})
     save_checkpoint(ckpt, out / "best.pt")
     save_checkpoint(ckpt, out / "last.pt")
@@ -561,6 +620,8 @@ def default_batch(config: TrainConfig, n_train: int) -> int:
     """64, or the largest batch (>= 8, a multiple of nproc) that gives the run MIN_STEPS
     optimizer steps: lenet5 on digits (1,257 training images) for 3 epochs at 64 makes 60
     steps and tests at 25.6 %; at 16 (237 steps) 95.6 %. mnist5k runs of >= 5 epochs keep 64."""
+    if config.fine_tuning:  # starts near a solution: its recipe was measured at 64
+        return 64
     batch = min(64, max(8, n_train * config.epochs // MIN_STEPS))
     return max(config.nproc, batch - batch % config.nproc)
 
@@ -678,7 +739,8 @@ def _fit(config: TrainConfig, rank: int, world: int, hooks: list[TrainHook]) -> 
     steps_done = 0
     params = sum(p.numel() for p in model.parameters())
     show = rank == 0 and not config.quiet
-    data_dict = {**info.to_dict(), "root": config.data_root}
+    # the name as given, options included (synthetic:channels=3,...): later steps reload it
+    data_dict = {**info.to_dict(), "name": config.data, "root": config.data_root}
     last_val: dict = {}
     best_loss = math.inf
     for epoch in range(start_epoch, config.epochs):
