@@ -70,6 +70,7 @@ def cheap(command: str, keep_epochs: bool = False) -> str:
         command += " --warmup-s 0.05 --duration-s 0.2 --min-runs 5 --rounds 1 --quiet"
         if "--scenario server" in command:
             command += " --search-steps 2"
+    command = command.replace(" examples/", f" {README.parent / 'examples'}/")
     return re.sub(r"(^|; )kompakt ", lambda m: f"{m.group(1)}{KOMPAKT} ", command)
 
 

@@ -120,3 +120,41 @@ def test_macs_model_counts_the_novikov_layer():
     assert 25088 * 4096 / min(ltr, rtl) > 25  # the multiply-add ratio vs the dense layer
     # first ltr step: batch * prod(n_2..n_6) * r0 n1 m1 r1
     assert tt.tt_matvec_macs(in_modes[:1], out_modes[:1], (1, 4), 3) == 3 * 2 * 4 * 4
+
+
+def test_scaled_tt_svd_matches_the_exact_one():
+    """The randomized range finder (capped ranks on big unfoldings) and the Gram path (eps)
+    against a full SVD of every unfolding: errors within 2 % of exact, eps bound kept."""
+    import math
+
+    gen = torch.Generator().manual_seed(0)
+    left, right = torch.randn(1024, 64, generator=gen), torch.randn(64, 2048, generator=gen)
+    decay = torch.tensor([math.exp(-i / 8) for i in range(64)])
+    weight = ((left * decay) @ right).double() + 1e-4 * torch.randn(1024, 2048, generator=gen)
+    modes_in, modes_out = (8, 16, 16), (8, 8, 16)
+    w = weight.reshape(*modes_out, *modes_in).permute(3, 0, 4, 1, 5, 2).reshape(64, 128, 256)
+
+    def exact(tensor, caps):
+        cores, rest, r = [], tensor, 1
+        for k, n in enumerate(tensor.shape[:-1]):
+            rest = rest.reshape(r * n, -1)
+            u, s, vh = torch.linalg.svd(rest, full_matrices=False)
+            rank = min(caps[k], len(s))
+            cores.append(u[:, :rank].reshape(r, n, rank))
+            rest, r = s[:rank, None] * vh[:rank], rank
+        cores.append(rest.reshape(r, tensor.shape[-1], 1))
+        return cores
+
+    def error(cores):
+        return float(torch.linalg.norm(tt.tt_to_full(cores).reshape(w.shape) - w) / w.norm())
+
+    for cap in (4, 8, 16):
+        fast = tt.tt_svd(w, max_rank=cap)  # first unfolding 64 x 32768: randomized at cap*4<=64
+        reference = exact(w, [cap, cap])
+        assert [c.shape[-1] for c in fast[:-1]] == [c.shape[-1] for c in reference[:-1]]
+        assert error(fast) <= 1.02 * error(reference) + 1e-9, (cap, error(fast), error(reference))
+    for eps in (0.3, 0.05):
+        cores = tt.tt_svd(w, eps=eps)
+        assert error(cores) <= eps + 1e-9
+        if eps == 0.3:  # truncated, not kept at full rank
+            assert cores[1].shape[-1] < min(cores[1].shape[0] * 128, 256)
