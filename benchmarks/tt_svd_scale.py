@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from kompakt.compression import TTConfig
-from kompakt.models import compress_
 from kompakt.layers import TTLinear, tt
+from kompakt.models import compress_
 from kompakt.runtime_bench.timing import save_results
 
 # vgg's classifier layer (Novikov et al.): the issue-25 case that took 13 s at rank 8

@@ -24,7 +24,7 @@ class Logits(nn.Module):
 
 
 def _scaled(values, width: float) -> list[int]:
-    return [max(8, int(round(v * width / 8)) * 8) for v in values]
+    return [max(8, round(v * width / 8) * 8) for v in values]
 
 
 def resnet(num_classes: int, in_channels: int, image_size: int, depth: int = 18, width=1.0):

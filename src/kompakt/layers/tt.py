@@ -259,8 +259,8 @@ def leading_subspace(
     columns, 4 power iterations) in float32, re-orthonormalised in `a`'s precision; otherwise the
     exact eigen-decomposition of the smaller Gram matrix (its eigenvalues are the squared
     singular values, so the eps tail is exact too), or the SVD itself for accuracy targets
-    below 1e-6 or unfoldings too big for the Gram matrix. The projection U_r^T a is always computed in
-    `a`'s precision, so the cores reproduce exactly what they keep.
+    below 1e-6 or unfoldings too big for the Gram matrix. The projection U_r^T a is always
+    computed in `a`'s precision, so the cores reproduce exactly what they keep.
     """
     rows, cols = a.shape
     small = min(rows, cols)
