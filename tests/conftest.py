@@ -94,6 +94,7 @@ def fake_ort_gpu(monkeypatch):
     session = onnxruntime_gpu.FakeGpuSession
     session.active, session.created = None, []
     session.on_cpu = frozenset({"Shape", "Gather", "Unsqueeze", "Concat"})
+    session.version = "1.24.1"
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
     monkeypatch.setattr(ort, "InferenceSession", session)

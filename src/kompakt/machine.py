@@ -38,7 +38,7 @@ def package_version(package: str) -> str | None:
 
 
 def describe_machine(packages: tuple[str, ...] = ("torch", "onnx", "onnxruntime")) -> dict:
-    """CPU model, cores, RAM, OS, Python and library versions; GPU only if torch sees one."""
+    """CPU model, cores, RAM, OS, Python and library versions; the GPU if one is there."""
     info = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -48,11 +48,36 @@ def describe_machine(packages: tuple[str, ...] = ("torch", "onnx", "onnxruntime"
         "packages": {name: package_version(name) for name in packages},
         "gpu": None,
     }
+    info["gpu"] = gpu_name()
+    return info
+
+
+FAKE_DEVICE_PREFIX = "kompakt fake"  # tests/fakes names its device so; never a measurement
+
+
+def gpu_name(device: int = 0) -> str | None:
+    """The CUDA GPU's name, from the CUDA runtime that the GPU backends use (cuda-python), else
+    from torch: with the CPU torch that scripts/install.sh installs by default, torch alone
+    would call a real GPU absent and label real TensorRT numbers a stand-in."""
+    import importlib
+
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            cuda = importlib.import_module(module)
+            error, count = cuda.cudaGetDeviceCount()
+            if int(error) or count <= device:
+                break
+            error, props = cuda.cudaGetDeviceProperties(device)
+            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+            name = name.rstrip("\x00")
+            return None if int(error) or name.startswith(FAKE_DEVICE_PREFIX) else name
+        except Exception:  # not installed, no driver: ask torch
+            continue
     try:
         import torch
 
         if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
+            return torch.cuda.get_device_name(device)
     except ImportError:
         pass
-    return info
+    return None

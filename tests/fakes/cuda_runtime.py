@@ -70,11 +70,30 @@ class _State:
         self.devices = [
             cudaDeviceProp("kompakt fake GPU", 8, 9, total_bytes) for _ in range(devices)
         ]
-        self.current = 0
+        self.thread = threading.local()  # the current device is per host thread, as in CUDA
         self.allocations: dict[int, np.ndarray] = {}
+        self.owner: dict[int, int] = {}  # allocation or stream handle -> its device
         self.streams: set[int] = set()
         self.used = self.peak = 0
         self.lock = threading.Lock()
+
+    @property
+    def current(self) -> int:
+        """This thread's current device: 0 until the thread calls cudaSetDevice."""
+        return getattr(self.thread, "device", 0)
+
+    @current.setter
+    def current(self, device: int) -> None:
+        self.thread.device = device
+
+    def device_of(self, pointer: int) -> int | None:
+        for start, buffer in self.allocations.items():
+            if start <= pointer < start + buffer.nbytes:
+                return self.owner.get(start)
+        return None
+
+    def used_on(self, device: int) -> int:
+        return sum(b.nbytes for k, b in self.allocations.items() if self.owner.get(k) == device)
 
     def region(self, pointer: int, count: int) -> bool:
         """True when [pointer, pointer + count) lies inside one live allocation."""
@@ -128,10 +147,12 @@ def cudaMalloc(size: int):
     if size < 0:
         return (INVALID, 0)
     buffer = np.zeros(max(int(size), 1), np.uint8)
+    device = STATE.current
     with STATE.lock:
-        if STATE.used + buffer.nbytes > STATE.devices[STATE.current].totalGlobalMem:
+        if STATE.used_on(device) + buffer.nbytes > STATE.devices[device].totalGlobalMem:
             return (cudaError_t.cudaErrorMemoryAllocation, 0)
         STATE.allocations[buffer.ctypes.data] = buffer
+        STATE.owner[buffer.ctypes.data] = device
         STATE.used += buffer.nbytes
         STATE.peak = max(STATE.peak, STATE.used)
     return (OK, buffer.ctypes.data)
@@ -142,13 +163,15 @@ def cudaFree(pointer: int):
         buffer = STATE.allocations.pop(int(pointer), None)
         if buffer is None:
             return (INVALID,)
+        STATE.owner.pop(int(pointer), None)
         STATE.used -= buffer.nbytes
     return (OK,)
 
 
 def cudaMemGetInfo():
+    """Free and total memory of this thread's current device (the whole device)."""
     total = STATE.devices[STATE.current].totalGlobalMem
-    return (OK, total - STATE.used, total)
+    return (OK, total - STATE.used_on(STATE.current), total)
 
 
 def cudaMemcpyAsync(dst: int, src: int, count: int, kind: cudaMemcpyKind, stream):
@@ -178,7 +201,12 @@ def cudaMemcpy(dst: int, src: int, count: int, kind: cudaMemcpyKind):
 def cudaStreamCreate():
     stream = cudaStream_t()
     STATE.streams.add(int(stream))
+    STATE.owner[-int(stream)] = STATE.current  # streams belong to the device current at creation
     return (OK, stream)
+
+
+def stream_device(stream) -> int | None:
+    return STATE.owner.get(-int(stream))
 
 
 def cudaStreamSynchronize(stream):
@@ -190,6 +218,7 @@ def cudaStreamDestroy(stream):
     if int(stream) not in STATE.streams:
         return (cudaError_t.cudaErrorInvalidResourceHandle,)
     STATE.streams.discard(int(stream))
+    STATE.owner.pop(-int(stream), None)
     return (OK,)
 
 

@@ -473,7 +473,8 @@ class Runtime:
                 f"expecting {__version__} got {header['version']}",
             )
             return None
-        return ICudaEngine(header, blob[start + size :])
+        # an engine lives on the device current (in this thread) when it is deserialised
+        return ICudaEngine(header, blob[start + size :], cuda_runtime.STATE.current)
 
 
 class IEngineInspector:
@@ -486,7 +487,8 @@ class IEngineInspector:
 
 
 class ICudaEngine:
-    def __init__(self, header: dict, model_bytes: bytes) -> None:
+    def __init__(self, header: dict, model_bytes: bytes, device: int = 0) -> None:
+        self.device = device
         self.header = header
         self.model_bytes = model_bytes
         self.model = onnx.ModelProto.FromString(model_bytes)
@@ -543,8 +545,20 @@ class ICudaEngine:
         values = len(self.model.graph.node) + len(self.io)
         return int(values * high * 4096)
 
-    def create_execution_context(self) -> IExecutionContext:
-        return IExecutionContext(self)
+    def create_execution_context(self) -> IExecutionContext | None:
+        """With the default static allocation strategy a context takes device_memory_size_v2
+        bytes of the engine's device (freed when the context object goes away); made from a
+        thread whose current device is another, it fails like the real one does."""
+        if cuda_runtime.STATE.current != self.device:
+            LOG.append(
+                (Logger.ERROR, "create_execution_context: the current device is not the engine's")
+            )
+            return None
+        error, pointer = cuda_runtime.cudaMalloc(self.device_memory_size_v2)
+        if int(error):
+            LOG.append((Logger.ERROR, "create_execution_context: out of device memory"))
+            return None
+        return IExecutionContext(self, pointer)
 
     def create_engine_inspector(self) -> IEngineInspector:
         return IEngineInspector(self)
@@ -568,7 +582,8 @@ class ICudaEngine:
 
 
 class IExecutionContext:
-    def __init__(self, engine: ICudaEngine) -> None:
+    def __init__(self, engine: ICudaEngine, activations: int = 0) -> None:
+        self.activations = activations
         self.engine = engine
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
@@ -623,8 +638,29 @@ class IExecutionContext:
     def get_tensor_address(self, name: str) -> int:
         return self.addresses.get(name, 0)
 
+    def __del__(self) -> None:
+        if self.activations:
+            cuda_runtime.cudaFree(self.activations)
+            self.activations = 0
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         engine = self.engine
+        device = engine.device
+        if cuda_runtime.STATE.current != device or cuda_runtime.stream_device(
+            stream_handle
+        ) not in (
+            None,
+            device,
+        ):
+            LOG.append(
+                (Logger.ERROR, "execute_async_v3: stream or current device is not the engine's")
+            )
+            return False
+        if any(
+            cuda_runtime.STATE.device_of(a) not in (None, device) for a in self.addresses.values()
+        ):
+            LOG.append((Logger.ERROR, "execute_async_v3: a tensor address is on another device"))
+            return False
         feeds = {}
         for name, _, dtype, mode in engine.io:
             if name not in self.addresses:

@@ -225,9 +225,9 @@ def merge_gpu(kept: dict | None, new: dict) -> dict:
             "timing": {**new["timing"], "device_only_s": dict(new["timing"]["device_only_s"])},
         }
     for key in (
-        "engine_device_memory_bytes",
+        "context_device_memory_bytes",
         "io_buffers_bytes",
-        "process_device_memory_delta_bytes",
+        "device_used_delta_bytes",
     ):
         values = [v for v in (kept.get(key), new.get(key)) if v is not None]
         kept[key] = max(values) if values else None
@@ -238,8 +238,9 @@ def merge_gpu(kept: dict | None, new: dict) -> dict:
 
 def gpu_summary(gpu: dict | None, measured: bool = False) -> dict | None:
     """The GPU record of a bundle with device-only latency statistics instead of raw times.
-    `measured` (`measured_on_gpu`) is True only when this machine has a real CUDA GPU (torch
-    sees one), so a figure from a stand-in can never pass for a measurement."""
+    `measured` (`measured_on_gpu`) is True only when this machine has a real CUDA GPU (the CUDA
+    runtime names one that is not the test fake), so a figure from a stand-in can never pass
+    for a measurement."""
     if gpu is None:
         return None
     timing = dict(gpu["timing"])

@@ -154,8 +154,8 @@ def gpu_lines(bundles: list[dict]) -> list[str]:
         "End-to-end latency above includes the host<->device copies; 'engine only' has the "
         "inputs already on the device. Every call waits for the CUDA stream.",
         "",
-        "| bundle | device | engine device memory MiB | process device memory delta MiB | "
-        "engine-only p50 ms by batch |",
+        "| bundle | device | activation memory per context MiB | device memory used, delta "
+        "(whole device, all processes) MiB | engine-only p50 ms by batch |",
         "|---|---|---|---|---|",
     ]
     for b in rows:
@@ -166,8 +166,8 @@ def gpu_lines(bundles: list[dict]) -> list[str]:
         )
         device = gpu["device"] if gpu.get("measured_on_gpu") else "GPU: not measured (stand-in)"
         lines.append(
-            f"| {b['name']} | {device} | {mib(gpu.get('engine_device_memory_bytes'))} | "
-            f"{mib(gpu.get('process_device_memory_delta_bytes'))} | {engine_only or '–'} |"
+            f"| {b['name']} | {device} | {mib(gpu.get('context_device_memory_bytes'))} | "
+            f"{mib(gpu.get('device_used_delta_bytes'))} | {engine_only or '–'} |"
         )
     return lines
 

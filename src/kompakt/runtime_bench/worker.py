@@ -36,7 +36,11 @@ def _peak_kib() -> int | None:
     return peak
 
 
-def _device_used(cuda) -> int | None:
+def _device_used(cuda, device: int) -> int | None:
+    """Memory in use on `device` (cudaMemGetInfo reports the calling thread's current device,
+    so it is set first; the count is the whole device's, other processes included)."""
+    if int(cuda.cudaSetDevice(device)[0]):
+        return None
     error, free, total = cuda.cudaMemGetInfo()
     return None if int(error) else int(total - free)
 
@@ -49,16 +53,16 @@ class GpuProbe:
     synchronised) next to the end-to-end time that includes the host<->device copies.
     Made only for such runners, before the RSS baseline (it imports cuda-python)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: int = 0) -> None:
         from kompakt.runtime.backends.tensorrt import cudart
 
-        self.cuda = cudart()
-        self.before = _device_used(self.cuda)
+        self.cuda, self.device = cudart(), device
+        self.before = _device_used(self.cuda, device)
         self.peak = self.before
         self.device_only: dict[str, list[float]] = {}
 
     def sample(self) -> None:
-        used = _device_used(self.cuda)
+        used = _device_used(self.cuda, self.device)
         if self.before is not None and used is not None:
             self.peak = max(self.peak, used)
 
@@ -81,7 +85,8 @@ class GpuProbe:
             "runtime_version": int(cuda.cudaRuntimeGetVersion()[1]),
             "sdk_version": getattr(getattr(runner, "trt", None), "__version__", None),
             **runner.device_memory(),
-            "process_device_memory_delta_bytes": (
+            # cudaMemGetInfo counts the whole device: other processes' allocations too
+            "device_used_delta_bytes": (
                 None if self.before is None else int(self.peak - self.before)
             ),
             "timing": {
@@ -120,7 +125,8 @@ def measure(
     sdk = getattr(runner_type, "sdk", None)
     if sdk:  # imported before the baseline: the SDK is not the model's memory
         importlib.import_module(sdk)
-    probe = GpuProbe() if hasattr(runner_type, "device_memory") else None
+    device = int((manifest.get("backend_options") or {}).get("device_id", 0) or 0)
+    probe = GpuProbe(device) if hasattr(runner_type, "device_memory") else None
     baseline = _status_kib("VmRSS")
     start = time.perf_counter()
     engine = load(bundle, threads=threads, tuning=tuning)

@@ -17,6 +17,9 @@ from kompakt.errors import ConfigError
 from kompakt.machine import package_version
 
 
+MIN_ORT_GPU = "1.24"  # the first onnxruntime-gpu with the placement API (pyproject's gpu extra)
+
+
 @BACKENDS.register("onnxruntime", help="ONNX Runtime CPU execution provider")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -198,9 +201,12 @@ class _OrtGpuBackend(Backend):
                 f"{self.provider} did not activate (ONNX Runtime fell back to {active})"
             )
         if not hasattr(session, "get_provider_graph_assignment_info"):
+            # absent from the 1.23.2 wheel, present from 1.24.1 (checked in the wheels)
             raise ConfigError(
-                f"onnxruntime {ort.__version__} cannot report node placement; kompakt needs "
-                "onnxruntime-gpu >= 1.23 to prove the GPU runs the model"
+                f"onnxruntime {ort.__version__} cannot report node placement "
+                "(InferenceSession.get_provider_graph_assignment_info); kompakt needs "
+                f"onnxruntime-gpu >= {MIN_ORT_GPU} to prove the GPU runs the model: pip install "
+                f"'onnxruntime-gpu>={MIN_ORT_GPU}'"
             )
         where = placement(session)
         if where["cpu_compute"]:

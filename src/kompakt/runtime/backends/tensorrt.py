@@ -54,11 +54,13 @@ def check_fingerprint(built: dict, here: dict) -> None:
 
 
 class _Slot:
-    """One thread's execution context, CUDA stream and device buffers (grown, never per call)."""
+    """One thread's execution context, CUDA stream and device buffers (grown, never per call),
+    and the thread that owns them: when it has ended, the next new thread frees them."""
 
     def __init__(self, context, stream) -> None:
         self.context, self.stream = context, stream
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.owner = threading.current_thread()
 
 
 @RUNNERS.register("tensorrt", help="a native TensorRT engine (plan) on a CUDA GPU")
@@ -95,8 +97,14 @@ class TensorRTRunner:
         self.lock = threading.Lock()
 
     def _slot(self) -> _Slot:
+        """This thread's slot, made on its first call. The CUDA runtime's current device is
+        per host thread, so it is set here (and before every run) to the engine's device: a
+        thread of the app's that never called cudaSetDevice would otherwise allocate on
+        device 0 and run an engine that lives elsewhere."""
         slot = getattr(self.local, "slot", None)
         if slot is None:
+            self._release_ended_threads()
+            cuda_call(self.cuda.cudaSetDevice(self.device), "cudaSetDevice")
             context = self.engine.create_execution_context()
             if context is None:
                 raise KompaktError("TensorRT create_execution_context failed (device memory?)")
@@ -105,6 +113,23 @@ class TensorRTRunner:
             with self.lock:
                 self.slots.append(slot)
         return slot
+
+    def _release_ended_threads(self) -> None:
+        """Free the context (its activation memory), stream and buffers of threads that have
+        ended: an app serving from short-lived threads would otherwise grow one context per
+        thread it ever had."""
+        with self.lock:
+            ended = [slot for slot in self.slots if not slot.owner.is_alive()]
+            self.slots = [slot for slot in self.slots if slot.owner.is_alive()]
+        for slot in ended:
+            self._free(slot)
+
+    def _free(self, slot: _Slot) -> None:
+        for pointer, _ in slot.buffers.values():
+            self.cuda.cudaFree(pointer)
+        slot.buffers.clear()
+        self.cuda.cudaStreamDestroy(slot.stream)
+        slot.context = None  # TensorRT frees a context's device memory with the object
 
     def _buffer(self, slot: _Slot, name: str, nbytes: int) -> int:
         pointer, size = slot.buffers.get(name, (0, 0))
@@ -125,6 +150,7 @@ class TensorRTRunner:
         engine alone; the outputs are then left on the device and returned empty)."""
         cuda = self.cuda
         slot = self._slot()
+        cuda_call(cuda.cudaSetDevice(self.device), "cudaSetDevice")  # per thread, every call
         context, stream = slot.context, slot.stream
         name = self.inputs[0]
         x = np.ascontiguousarray(x, dtype=self.dtypes[name])
@@ -164,15 +190,21 @@ class TensorRTRunner:
         return results
 
     def device_memory(self) -> dict:
-        """The engine's activation memory and the buffers this runner holds (bytes)."""
-        held = sum(nbytes for slot in self.slots for _, nbytes in slot.buffers.values())
-        engine = int(self.engine.device_memory_size_v2)  # TensorRT 10.1+ (the pinned range)
-        return {"engine_device_memory_bytes": engine, "io_buffers_bytes": held}
+        """Activation memory per execution context (each thread that ran has one), the live
+        contexts, and the I/O buffers this runner holds (bytes)."""
+        with self.lock:
+            live = [slot for slot in self.slots if slot.context is not None]
+        held = sum(nbytes for slot in live for _, nbytes in slot.buffers.values())
+        per_context = int(self.engine.device_memory_size_v2)  # TensorRT 10.1+ (pinned range)
+        return {
+            "context_device_memory_bytes": per_context,
+            "contexts": len(live),
+            "io_buffers_bytes": held,
+        }
 
     def close(self) -> None:
-        for slot in self.slots:
-            for pointer, _ in slot.buffers.values():
-                self.cuda.cudaFree(pointer)
-            self.cuda.cudaStreamDestroy(slot.stream)
-        self.slots = []
+        with self.lock:
+            slots, self.slots = self.slots, []
+        for slot in slots:
+            self._free(slot)
         self.engine = None
