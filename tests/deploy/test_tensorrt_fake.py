@@ -374,3 +374,16 @@ def test_the_gpu_label_comes_from_the_cuda_runtime_not_torch(fake_tensorrt, monk
     )
     assert gpu_name() == "NVIDIA H100 80GB HBM3"
     assert describe_machine(())["gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_gpu_int8_keeps_full_8_bit_weights(fake_tensorrt, lenet_onnx, tmp_path):
+    """Issue 27, 6: the portable 7-bit scheme is a fix for x86 CPUs; a TensorRT graph gets the
+    full range whatever --int8-scheme says (its kernels accumulate in int32)."""
+    manifest = build_bundle(
+        lenet_onnx,
+        tmp_path / "b",
+        DeployConfig(backend="tensorrt", precision="int8", calib_data="digits", calib_samples=32),
+    )
+    quantization = manifest["quantization"]
+    assert quantization["scheme"] == "full-range" and quantization["cpu_kernels"] is False
+    assert quantization["max_abs_weight"] > 64

@@ -68,8 +68,9 @@ class DeployConfig:
     )
     int8_scheme: Literal["portable", "full-range"] = opt(
         "portable",
-        "INT8 weights: portable (7-bit, exact on every CPU) or full-range (8-bit, faster on "
-        "VNNI/AMX CPUs; refused at load on x86 CPUs without VNNI).",
+        "INT8 weights on CPU backends: portable (7-bit, exact on every CPU) or full-range "
+        "(8-bit, faster on VNNI/AMX CPUs; refused at load on x86 CPUs without VNNI). GPU "
+        "backends always use full 8-bit weights.",
     )
     max_accuracy_drop: float | None = opt(
         None, "INT8: keep sensitive layers in float until the drop (points) is within this."
@@ -294,7 +295,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
             graph,
             calib,
             config.calib_method,
-            scheme=config.int8_scheme,
+            scheme=_int8_scheme(config, backend),
             float_bias=backend.capabilities.int8_float_bias,
         )
         quantization = _quantization_record(result, backend)
@@ -366,7 +367,7 @@ def _build_into(tmp, backend, config, options, data, source, meta, inputs, outpu
                 data["train"][: config.calib_samples],
                 config.calib_method,
                 excluded,
-                scheme=config.int8_scheme,
+                scheme=_int8_scheme(config, backend),
                 float_bias=backend.capabilities.int8_float_bias,
             )
             quantization = _quantization_record(result, backend)
@@ -645,6 +646,12 @@ def _golden(tmp: Path, config: DeployConfig, last: dict) -> dict:
         "built": {k: measured[k] for k in ("max_abs", "max_rel", "top1_agreement")},
         "tolerance": golden.tolerance(config.precision, measured, count),
     }
+
+
+def _int8_scheme(config: DeployConfig, backend) -> str:
+    """The portable scheme (7-bit weights) fixes the saturating int16 pair sums of x86 CPUs
+    without VNNI; GPU kernels accumulate in int32, so their graphs keep full 8-bit weights."""
+    return config.int8_scheme if backend.capabilities.device == "cpu" else "full-range"
 
 
 def _quantization_record(result, backend) -> dict:

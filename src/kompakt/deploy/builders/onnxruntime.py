@@ -16,7 +16,6 @@ from kompakt.deploy.builders.base import (
 from kompakt.errors import ConfigError
 from kompakt.machine import package_version
 
-
 MIN_ORT_GPU = "1.24"  # the first onnxruntime-gpu with the placement API (pyproject's gpu extra)
 
 
