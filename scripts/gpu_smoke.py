@@ -49,11 +49,29 @@ def preflight() -> str:
     providers = ort.get_available_providers()
     for needed in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         assert needed in providers, f"{needed} missing from {providers}"
+        # listed is not loaded: the EP's shared library links CUDA / cuDNN / TensorRT only
+        # when a session asks for it, and falls back to the CPU with a warning if it cannot
+        session = ort.InferenceSession(_one_node_model(), providers=[needed])
+        active = session.get_providers()[0]
+        assert active == needed, f"{needed} did not load (ONNX Runtime fell back to {active})"
     major = tensorrt.__version__.split(".")[0]
     assert major == "10", f"tensorrt {tensorrt.__version__}; ORT's TensorRT EP links 10.x"
     import pytest  # noqa: F401  (the last step runs it)
 
     return f"onnxruntime-gpu {ort.__version__}, TensorRT {tensorrt.__version__}"
+
+
+def _one_node_model() -> bytes:
+    """A one-Relu ONNX graph, to make ONNX Runtime load an execution provider for real."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "preflight",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def _installed(metadata, name: str) -> bool:
@@ -80,7 +98,37 @@ def prepare(out: Path) -> dict:
     kompakt("export", str(out / "run" / "best.pt"), "-o", str(out / "lenet.onnx"))
     kompakt("export", str(out / "run" / "best.pt"), "-o", str(out / "static.onnx"), "--batch", "4")
     kompakt("deploy", str(out / "lenet.onnx"), "-o", str(out / "cpu"), "--force")
+    for model in COMPRESSED:  # the layers kompakt exists for, not only a dense LeNet
+        run = out / model
+        kompakt("train", "--model", model, "--data", "mnist5k", "--epochs", "1", "-o", str(run),
+                "--quiet")  # fmt: skip
+        kompakt("export", str(run / "best.pt"), "-o", str(out / f"{model}.onnx"))
+        kompakt("deploy", str(out / f"{model}.onnx"), "-o", str(out / f"{model}-cpu"), "--force")
     return {"onnx": out / "lenet.onnx", "static": out / "static.onnx", "cpu": out / "cpu"}
+
+
+COMPRESSED = ("garipov-tt-conv-tt-fc", "meta-head")
+
+
+def compressed_models(out: Path) -> str:
+    """Each compressed model through native TensorRT FP32 and FP16, against ORT CPU on real
+    mnist5k test images."""
+    from kompakt.data import load_dataset
+    from kompakt.runtime import load
+
+    x = load_dataset("mnist5k").split("test")[0][:32].numpy()
+    found = []
+    for model in COMPRESSED:
+        for precision in ("fp32", "fp16"):
+            folder = out / f"{model}-tensorrt-{precision}"
+            kompakt("deploy", str(out / f"{model}.onnx"), "-o", str(folder), "--backend",
+                    "tensorrt", "--precision", precision, "--force")  # fmt: skip
+            with load(out / f"{model}-cpu") as cpu, load(folder) as gpu:
+                want, got = cpu.run(x), gpu.run(x)
+            rel = float(np.abs(want - got).max() / np.abs(want).max())
+            assert rel <= LIMITS[precision], f"{model} {precision}: max rel {rel:.2e}"
+            found.append(f"{model} {precision} {rel:.1e}")
+    return "; ".join(found)
 
 
 def deploy(out: Path, backend: str, precision: str) -> str:
@@ -102,9 +150,11 @@ def deploy(out: Path, backend: str, precision: str) -> str:
 
 
 def parity(out: Path, backend: str, precision: str) -> str:
+    from kompakt.data import load_dataset
     from kompakt.runtime import load
 
-    x = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    # real digits: INT8 was calibrated on them; N(0,1) noise says little about its parity
+    x = load_dataset("digits").split("test")[0][:32].numpy()
     with load(out / "cpu") as cpu, load(out / f"{backend}-{precision}") as gpu:
         want, got = cpu.run(x), gpu.run(x)
     if precision == "int8":
@@ -189,11 +239,46 @@ def relocate(out: Path) -> str:
     manifest = json.loads((moved / "kompakt.json").read_text())
     manifest["backend_info"]["gpu"] = "another GPU"
     (moved / "kompakt.json").write_text(json.dumps(manifest))
+    from kompakt.errors import KompaktError
+
     try:
         load(moved)
-    except Exception as error:  # the hash or the fingerprint check refuses it
+    except KompaktError as error:  # the hash or the fingerprint check, nothing else
         return f"reloaded without rebuild; edited fingerprint refused: {str(error)[:60]}..."
     raise AssertionError("a plan with a foreign fingerprint was loaded")
+
+
+def relocate_ort_tensorrt(out: Path) -> str:
+    """An onnxruntime-tensorrt bundle copied elsewhere reuses its engine cache (its second load
+    is much faster than the first, which built the engine), and runs from a read-only copy."""
+    import os
+    import stat
+
+    from kompakt.runtime import load
+
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    moved = out / "moved-ort-trt"
+    shutil.rmtree(moved, ignore_errors=True)
+    shutil.copytree(out / "onnxruntime-tensorrt-fp32", moved)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        with load(moved) as engine:
+            engine.run(x)
+        seconds.append(time.perf_counter() - start)
+    assert seconds[1] < 0.5 * seconds[0], f"engine cache not reused: loads took {seconds}"
+    frozen = out / "read-only-ort-trt"
+    shutil.rmtree(frozen, ignore_errors=True)
+    shutil.copytree(moved, frozen)
+    for path in [frozen, *frozen.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        with load(frozen) as engine:
+            engine.run(x)
+    finally:
+        for path in [frozen, *frozen.rglob("*")]:
+            os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
+    return f"loads {seconds[0]:.1f} s then {seconds[1]:.1f} s (cache reused); read-only copy ran"
 
 
 def bench(out: Path) -> str:
@@ -211,7 +296,7 @@ def bench(out: Path) -> str:
     )
     results = json.loads((report / "results.json").read_text())
     p50 = {b["backend"]: b["latency"]["32"]["p50_ms"] for b in results["bundles"]}
-    assert p50["tensorrt"] <= p50["onnxruntime-cuda"] * 1.05, f"p50 at batch 32: {p50}"
+    # reported, not asserted: on an 8x8 LeNet both are Python and launch overhead
     return f"p50 b32: tensorrt {p50['tensorrt']:.3f} ms, ort-cuda {p50['onnxruntime-cuda']:.3f} ms"
 
 
@@ -240,6 +325,8 @@ def main() -> int:
         ("batch edges", lambda: batch_edges(out)),
         ("8 threads", lambda: threads(out)),
         ("relocate + fingerprint", lambda: relocate(out)),
+        ("relocate ort-tensorrt + read-only", lambda: relocate_ort_tensorrt(out)),
+        ("compressed models on tensorrt", lambda: compressed_models(out)),
         ("bench b32", lambda: bench(out)),
         ("pytest -m 'gpu or tensorrt'", gpu_tests),
     ]
