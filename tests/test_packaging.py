@@ -78,3 +78,64 @@ def test_gpu_smoke_fails_its_preflight_cleanly_without_a_gpu(tmp_path):
     rows = json.loads((tmp_path / "gpu_smoke.json").read_text())
     assert run.returncode == 1 and rows[0]["step"] == "preflight" and rows[0]["status"] == "FAIL"
     assert {r["status"] for r in rows[1:]} == {"NOT RUN"} and "FAIL     preflight" in run.stdout
+
+
+@pytest.mark.slow
+def test_the_runtime_only_install_loads_verifies_and_predicts_without_torch(lenet_bundle, tmp_path):
+    """Issue 26, 1: `pip install kompakt[cpu]` (numpy + ONNX Runtime, Pillow for predict) in a
+    fresh virtual environment: torch, onnx and click are absent, yet a bundle loads, verifies
+    and predicts from Python and from the `kompakt` command; other commands say what to
+    install."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps",
+         "--no-build-isolation", "-w", str(wheels)],
+        check=True,
+    )  # fmt: skip
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python, wheel = venv / "bin" / "python", next(wheels.glob("kompakt-*.whl"))
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"{wheel}[cpu]", "pillow"], check=True
+    )
+    image = tmp_path / "0000_3.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(image)
+    code = f"""
+import importlib.util, sys, time
+start = time.perf_counter()
+from kompakt.runtime import load
+took = time.perf_counter() - start
+absent = [m for m in ("torch", "onnx", "click") if importlib.util.find_spec(m) is None]
+assert absent == ["torch", "onnx", "click"], absent
+with load({str(lenet_bundle)!r}, verify=True) as engine:
+    label = engine.predict([__import__("numpy").zeros((8, 8), "uint8")])[0].label
+assert not [m for m in ("torch", "onnx", "click") if m in sys.modules]
+print("ok", label, round(took, 3))
+"""
+    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
+    kompakt = venv / "bin" / "kompakt"
+    checked = subprocess.run(
+        [str(kompakt), "verify", str(lenet_bundle)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and "golden samples: ok" in checked.stdout, checked.stderr
+    shown = subprocess.run(
+        [str(kompakt), "predict", str(lenet_bundle), str(image), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and json_rows(shown.stdout)[0]["image"] == str(image)
+    refused = subprocess.run([str(kompakt), "train"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "kompakt[train,cpu]" in refused.stderr
+
+
+def json_rows(text: str) -> list:
+    import json
+
+    return json.loads(text)

@@ -507,21 +507,10 @@ def verify_command(
 ) -> None:
     """Check a bundle on this machine: every file's hash, the signature (with --trusted-key or
     $KOMPAKT_TRUSTED_KEYS), its identity (--expect), then its golden samples; exit 1 on drift."""
-    from kompakt.runtime import golden, load
+    from kompakt.runtime import commands
 
-    keys = list(trusted_keys) or None
-    with load(bundle, backend=backend, trusted_keys=keys, expect=expect) as engine:
-        result = engine.verify()
-        result["signed_by"] = (engine.manifest.get("signature") or {}).get("public_key")
-        result["identity"] = engine.identity
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        who = result["identity"]
-        click.echo(
-            f"{bundle}: {who['name']}@{who['version']} (manifest sha256:{who['digest'][:16]}..., "
-            f"{'signed' if who['signed'] else 'unsigned'}): {golden.describe(result)}"
-        )
+    result, line = commands.verify(bundle, backend, trusted_keys, expect)
+    click.echo(json.dumps(result, indent=2) if as_json else line)
     if not result["ok"]:
         sys.exit(1)
 
@@ -553,37 +542,12 @@ def predict_command(
     bundle: str, images: tuple[str, ...], top_k: int, backend: str | None, as_json: bool
 ) -> None:
     """Classify image files with a bundle (its preprocessing; no resizing)."""
-    import numpy as np
+    from kompakt.runtime import commands
 
-    from kompakt.runtime import load, require
-
-    Image = require("PIL.Image", "data", "kompakt predict (it reads images with Pillow)")
-    with load(bundle, backend=backend) as engine:
-        channels = engine.inputs[0].shape[1]
-        arrays = []
-        for path in images:
-            try:
-                with Image.open(path) as img:
-                    arrays.append(np.asarray(img.convert("L" if channels == 1 else "RGB")))
-            except OSError as error:
-                raise ConfigError(f"cannot read image {path}: {error}") from None
-        predictions = engine.predict(arrays, top_k=top_k)
-    rows = [
-        {
-            "image": path,
-            "label": p.label,
-            "index": p.index,
-            "score": p.score,
-            "top_k": [{"label": n, "score": s} for n, s in p.top_k],
-        }
-        for path, p in zip(images, predictions, strict=True)
-    ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        alternatives = ", ".join(f"{t['label']} {t['score']:.3f}" for t in row["top_k"])
-        click.echo(f"{row['image']}: {row['label']} ({row['score']:.3f})  [{alternatives}]")
+    rows = commands.predict(bundle, images, top_k, backend)
+    click.echo(
+        json.dumps(rows, indent=2) if as_json else "\n".join(commands.prediction_lines(rows))
+    )
 
 
 @cli.command("bench")
