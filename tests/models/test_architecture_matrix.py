@@ -70,7 +70,8 @@ def test_the_architecture_matrix_end_to_end(arch, tmp_path):
         bundle = tmp_path / f"b-{precision}"
         guard = ["--max-accuracy-drop", "1.0"] if precision == "int8" else []
         run("deploy", tmp_path / "tt.onnx", "-o", bundle, "--precision", precision, *guard,
-            "--calib-data", DATA, "--ckpt", tmp_path / "tt" / "best.pt")  # fmt: skip
+            "--calib-data", DATA, "--calib-samples", "32", "--eval-samples", "60",
+            "--ckpt", tmp_path / "tt" / "best.pt")  # fmt: skip
         manifest = json.loads((bundle / "kompakt.json").read_text())
         parity = manifest["parity"]["vs_pytorch"]
         if precision == "fp32":

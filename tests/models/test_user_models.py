@@ -80,8 +80,10 @@ def test_a_users_file_and_weights_go_through_the_cli(user_files, tmp_path):
     assert exported.returncode == 0, exported.stderr
 
 
-def test_user_model_sources_and_their_errors_are_one_line(user_files, tmp_path):
-    net = build_model("toy_plugin:build_toy_cnn", 10, 1, 8)  # package.module:attr
+def test_user_model_sources_and_their_errors_are_one_line(user_files, tmp_path, monkeypatch):
+    (tmp_path / "users_pkg_net.py").write_text(NET)  # an importable module of the user's
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = build_model("users_pkg_net:Net", 10, 1, 8)  # package.module:attr
     assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     for source, message in [
         (f"{tmp_path / 'nope.py'}:Net", "does not exist"),
