@@ -43,6 +43,7 @@ def exact_tt_svd(tensor: torch.Tensor, caps: list[int]) -> list[torch.Tensor]:
 def relative_error(weight: torch.Tensor, layer: TTLinear) -> float:
     with torch.no_grad():
         rebuilt = layer.weight_dense().double()
+    weight = weight.double()
     return float(torch.linalg.norm(rebuilt - weight) / torch.linalg.norm(weight))
 
 
@@ -103,9 +104,14 @@ def main() -> None:
         "ranks": [list(getattr(m, "ranks", [])) for m in (model[1], model[3])],
     }
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results = {"cases": rows, "peak_rss_mib": round(peak_mib)}
     path = Path(__file__).parent / "results" / "tt_svd_scale.json"
-    save_results(path, results)
+    save_results(
+        str(path),
+        "tt_svd_scale",
+        {"layer": f"{IN}x{OUT}", "weight": "rank-256 decaying spectrum + 1e-3 noise"},
+        cases=rows,
+        peak_rss_mib=round(peak_mib),
+    )
     for name, row in rows.items():
         print(f"{name}: {row}")
     print(f"peak RSS {peak_mib:.0f} MiB; wrote {path}")
