@@ -94,8 +94,7 @@ def test_the_runtime_only_install_loads_verifies_and_predicts_without_torch(lene
 
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps",
-         "--no-build-isolation", "-w", str(wheels)],
+        [sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps", "-w", str(wheels)],
         check=True,
     )  # fmt: skip
     venv = tmp_path / "venv"

@@ -62,8 +62,9 @@ def cheap(command: str, keep_epochs: bool = False) -> str:
     if not keep_epochs:
         command = re.sub(r"--epochs \d+", f"--epochs {epochs}", command)
         command = re.sub(r"--finetune-epochs \d+", "--finetune-epochs 1", command)
-        if command.startswith("kompakt train") and "--batch-size" not in command:
+        if command.startswith("kompakt train") and not re.search(r"--batch-size|--prune", command):
             # one epoch at the default (smaller) batch costs 4x the steps; 64 learns enough
+            # (not while pruning during training: its schedule needs the steps to recover)
             command += " --batch-size 64"
     if command.startswith("kompakt compress"):
         command += " --calib-samples 64"  # the output fit on fewer activations
