@@ -58,7 +58,11 @@ def preflight() -> str:
     assert major == "10", f"tensorrt {tensorrt.__version__}; ORT's TensorRT EP links 10.x"
     import pytest  # noqa: F401  (the last step runs it)
 
-    return f"onnxruntime-gpu {ort.__version__}, TensorRT {tensorrt.__version__}"
+    from kompakt.machine import package_version
+
+    # the distribution names and versions `kompakt list backends` shows
+    names = ("onnxruntime-gpu", "tensorrt", "cuda-python")
+    return ", ".join(f"{name} {package_version(name)}" for name in names)
 
 
 def _one_node_model() -> bytes:

@@ -54,6 +54,8 @@ def format_backends(rows: list[dict]) -> str:
     width = max((len(row["name"]) for row in rows), default=0)
     for row in rows:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        versions = ", ".join(f"{k} {v}" for k, v in (row.get("versions") or {}).items())
+        status += f" ({versions})" if versions else ""
         lines.append(f"{row['name']:<{width}}  {','.join(row['precisions']):<15} {status}")
     return "\n".join(lines)
 

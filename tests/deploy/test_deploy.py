@@ -137,6 +137,11 @@ def test_unavailable_backends_are_listed_with_the_fix():
     assert {"onnxruntime", "openvino", "tensorrt"} <= set(rows)
     for row in rows.values():
         assert row["available"] or "pip install" in row["reason"] or "GPU" in row["reason"]
+    # versions by distribution name, the names gpu_smoke's preflight prints (issue 27)
+    from kompakt.machine import package_version
+
+    assert rows["onnxruntime"]["versions"]["onnxruntime"] == package_version("onnxruntime")
+    assert "tensorrt" not in rows["tensorrt"]["versions"]  # not installed: not shown
 
 
 def test_unavailable_backend_refuses_to_build(lenet_onnx, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from kompakt.errors import ConfigError
+from kompakt.machine import package_version
 from kompakt.options import opt
 from kompakt.registry import Registry
 
@@ -78,6 +79,9 @@ class Backend(ABC):
     capabilities = Capabilities()
     needs = ""  # what to install, for the unavailable message
     precision_notes: ClassVar[dict[str, str]] = {}  # why a precision is not offered
+    # the distributions whose installed versions `kompakt list backends` shows (and bundles
+    # record), by their pip names, as scripts/gpu_smoke.py's preflight names them too
+    distributions: ClassVar[tuple[str, ...]] = ()
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -115,6 +119,11 @@ def list_backends() -> list[dict]:
                 "precisions": list(backend.precisions),
                 "available": reason is None,
                 "reason": reason,
+                "versions": {
+                    dist: version
+                    for dist in backend.distributions
+                    if (version := package_version(dist))
+                },
             }
         )
     return rows

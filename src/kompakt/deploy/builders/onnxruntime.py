@@ -22,6 +22,7 @@ MIN_ORT_GPU = "1.24"  # the first onnxruntime-gpu with the placement API (pyproj
 @BACKENDS.register("onnxruntime", help="ONNX Runtime CPU execution provider")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    distributions = ("onnxruntime", "onnxruntime-gpu")
     capabilities = Capabilities(precisions=("fp32", "int8"), device="cpu")
 
     def build(self, model: Path, bundle: Path, precision: str, options: BuildOptions) -> Artefact:
@@ -169,6 +170,7 @@ def placement(session) -> dict:
 
 
 class _OrtGpuBackend(Backend):
+    distributions = ("onnxruntime-gpu", "tensorrt")
     provider = ""
     runner = ""  # the runtime runner whose provider list the check must use
     needs = "pip install 'kompakt[gpu]' (onnxruntime-gpu) and a CUDA GPU"

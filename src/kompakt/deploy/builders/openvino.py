@@ -13,6 +13,7 @@ MAX_IR_GROWTH = 1.1  # an IR larger than this times the ONNX graph is not shippe
 @BACKENDS.register("openvino", help="OpenVINO IR on the CPU device")
 class OpenVinoBackend(Backend):
     name = "openvino"
+    distributions = ("openvino",)
     capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device="cpu")
     needs = "pip install 'kompakt[openvino]'"
 

@@ -197,6 +197,7 @@ def build_plan(
 @BACKENDS.register("tensorrt", help="native TensorRT engine (plan) on a CUDA GPU")
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    distributions = ("tensorrt", "cuda-python")
     capabilities = Capabilities(
         precisions=("fp32", "fp16", "int8"), device="gpu", fp16_graph=True, int8_float_bias=True
     )
