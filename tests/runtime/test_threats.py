@@ -372,3 +372,29 @@ def test_the_reader_thread_never_blocks_on_a_fifo_swapped_in(lenet_bundle, tmp_p
     thread.start()
     thread.join(10)
     assert done and "not a regular file" in done[0]
+
+
+def test_bundles_record_the_runtime_they_need_and_older_ones_refuse(lenet_onnx, tmp_path):
+    """Issue 26, 2: an INT8 graph ONNX Runtime saved after its own fusions needs that version
+    or newer (a 1.32 one failed on 1.30 with ORT's raw error); an older installed runtime gets
+    one line naming both versions and the fixes, never a raw ONNX Runtime failure."""
+    from kompakt.machine import package_version
+
+    built = build_bundle(
+        lenet_onnx, tmp_path / "int8", DeployConfig(precision="int8", calib_samples=32)
+    )
+    here = ".".join(package_version("onnxruntime").split(".")[:2])
+    if built["artifact"].startswith("model.optimized"):
+        assert built["requires"] == {"onnxruntime": f">={here}"}
+    else:
+        assert built["requires"] == {"onnxruntime": ">=1.23"}
+    load(tmp_path / "int8").close()
+    manifest = json.loads((tmp_path / "int8" / "kompakt.json").read_text())
+    manifest["requires"] = {"onnxruntime": ">=99.1"}
+    (tmp_path / "int8" / "kompakt.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"needs onnxruntime >=99\.1 .* is installed"):
+        load(tmp_path / "int8")
+    manifest["requires"] = {"onnxruntime": "~=1"}
+    (tmp_path / "int8" / "kompakt.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"is not '>=X\.Y'"):
+        load(tmp_path / "int8")

@@ -695,6 +695,22 @@ def engine_max_batch(backend, options: BuildOptions, batch_axis: object) -> int 
     return options.max_batch
 
 
+ORT_FLOOR = "1.23"  # the lowest onnxruntime pyproject.toml claims
+
+
+def runtime_requirements(backend: str, artefact: str, precision: str) -> dict[str, str]:
+    """The backend versions a bundle needs, from what it ships: an INT8 graph that ONNX Runtime
+    saved after its own Q/DQ fusions (QLinearMatMul with per-channel zero points) runs only on
+    that ONNX Runtime or newer (a 1.32 one failed on 1.30); other ONNX graphs on the floor."""
+    if not backend.startswith("onnxruntime"):
+        return {}
+    ort = package_version("onnxruntime") or package_version("onnxruntime-gpu") or ORT_FLOOR
+    saved_by_ort = artefact.startswith("model.optimized")
+    if saved_by_ort and precision == "int8":
+        return {"onnxruntime": ">=" + ".".join(ort.split(".")[:2])}
+    return {"onnxruntime": f">={ORT_FLOOR}"}
+
+
 def _manifest(
     config, options, artefact, meta, inputs, outputs, quantization, graph_precision, max_batch
 ):
@@ -730,5 +746,6 @@ def _manifest(
         "accuracy": None,
         "parity": {},
         "tools": _versions(),
+        "requires": runtime_requirements(config.backend, artefact.path, config.precision),
         "target": {**describe_machine(("onnxruntime",)), "int8_isa": int8_isa()},
     }

@@ -24,7 +24,7 @@ from kompakt.runtime import golden
 from kompakt.runtime.backends import RUNNERS, EngineFiles
 from kompakt.runtime.cpu import check_int8_bundle
 from kompakt.runtime.files import check_file
-from kompakt.runtime.identity import check_expected, identity
+from kompakt.runtime.identity import check_expected, check_requirements, identity
 from kompakt.runtime.manifest import BundleError, PinnedDirectory, read_checked, read_manifest
 from kompakt.runtime.preprocessing import Preprocessing
 
@@ -87,6 +87,7 @@ class Engine:
             self.root, verify=False, trusted_keys=trusted_keys, pinned=True
         )
         check_expected(self.manifest, expect)
+        check_requirements(self.manifest)
         self.backend = backend or self.manifest["backend"]
         self.inputs = [_spec(e) for e in self.manifest["inputs"]]
         self.outputs = [_spec(e) for e in self.manifest["outputs"]]

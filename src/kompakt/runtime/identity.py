@@ -1,4 +1,5 @@
-"""A bundle's identity: what an app can require before it runs one (substitution and rollback).
+"""A bundle's identity and needs: what an app can require before it runs one (substitution and
+rollback), and the backend version the bundle requires (`requires`).
 
 The manifest records `bundle: {"name", "version"}` (deploy's --bundle-name / --bundle-version;
 by default the output folder's name and the build time in seconds, so a rebuild is always a
@@ -77,3 +78,46 @@ def check_expected(manifest: dict, expect: str | None) -> None:
         )
     if want["op"] is None and version != want["version"]:
         raise BundleError(f"the bundle is {shown}, expected {expect}; refused")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a backend distribution (either ONNX Runtime wheel counts as
+    `onnxruntime`: they share the module)."""
+    from importlib import metadata
+
+    names = ("onnxruntime", "onnxruntime-gpu") if distribution == "onnxruntime" else (distribution,)
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def check_requirements(manifest: dict) -> None:
+    """Refuse a bundle whose `requires` the installed backend does not meet (`>=X.Y` only).
+
+    Raises:
+        BundleError: naming the version needed, the one installed, and both fixes.
+    """
+    for distribution, spec in (manifest.get("requires") or {}).items():
+        if not isinstance(spec, str) or not spec.startswith(">="):
+            raise BundleError(f"requires {distribution}: {spec!r} is not '>=X.Y'; rebuild")
+        here = installed_version(distribution)
+        needed = spec[2:].strip()
+        if here is not None and _version(here) < _version(needed):
+            raise BundleError(
+                f"this bundle needs {distribution} {spec} (its {manifest.get('precision')} graph "
+                f"was saved by that version), but {here} is installed: pip install "
+                f"'{distribution}{spec}', or rebuild the bundle here with kompakt deploy"
+            )
