@@ -35,12 +35,19 @@ class Compression:
     produces: ClassVar[tuple[type, ...]] = ()
 
     def replace(self, module: nn.Module, config: object) -> Replacement:
-        """The compressed twin of one module (layer methods)."""
-        raise NotImplementedError(f"{type(self).__name__} does not replace single layers")
+        """The compressed twin of one module (layer methods; a channel method is routed to
+        `apply_` by its `kind`, so reaching this means the method declared the wrong kind)."""
+        raise ConfigError(
+            f"{type(self).__name__} (kind {self.kind!r}) does not replace single layers: a "
+            "layer method implements replace(), a channel method apply_()"
+        )
 
     def apply_(self, model: nn.Module, config: object, example: torch.Tensor) -> list[dict]:
         """Compress the whole `model` in place (channel methods); returns resize records."""
-        raise NotImplementedError(f"{type(self).__name__} is not a whole-model method")
+        raise ConfigError(
+            f"{type(self).__name__} (kind {self.kind!r}) is not a whole-model method: a channel "
+            "method implements apply_(), a layer method replace()"
+        )
 
     def plan(
         self, model: nn.Module, targets: list[tuple[str, nn.Module]], config: object

@@ -93,15 +93,10 @@ def _version(text: str) -> tuple[int, ...]:
 def installed_version(distribution: str) -> str | None:
     """The installed version of a backend distribution (either ONNX Runtime wheel counts as
     `onnxruntime`: they share the module)."""
-    from importlib import metadata
+    from kompakt.machine import package_version
 
     names = ("onnxruntime", "onnxruntime-gpu") if distribution == "onnxruntime" else (distribution,)
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    return next((v for v in map(package_version, names) if v), None)
 
 
 def check_requirements(manifest: dict) -> None:

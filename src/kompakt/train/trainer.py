@@ -633,11 +633,12 @@ def _batches(n_train: int, batch: int, world: int) -> int:
 
 
 def _warn_if_short(config: TrainConfig, n_train: int) -> None:
-    steps = math.ceil(n_train / config.batch_size) * config.epochs
+    per_epoch = _batches(n_train, config.batch_size, config.nproc)  # as the loop counts them
+    steps = per_epoch * config.epochs
     if steps < MIN_STEPS and not config.fine_tuning:
         warnings.warn(
             f"this run makes only {steps} optimizer steps ({config.epochs} epoch(s) of "
-            f"{math.ceil(n_train / config.batch_size)} batches of {config.batch_size}); models "
+            f"{per_epoch} batches of {config.batch_size}); models "
             f"rarely learn in fewer than {MIN_STEPS}: raise --epochs (or lower --batch-size)",
             UserWarning,
             stacklevel=3,

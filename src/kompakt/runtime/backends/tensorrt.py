@@ -97,14 +97,10 @@ class TensorRTRunner:
         self.lock = threading.Lock()
 
     def _slot(self) -> _Slot:
-        """This thread's slot, made on its first call. The CUDA runtime's current device is
-        per host thread, so it is set here (and before every run) to the engine's device: a
-        thread of the app's that never called cudaSetDevice would otherwise allocate on
-        device 0 and run an engine that lives elsewhere."""
+        """This thread's slot, made on its first call (on the device `run_all` made current)."""
         slot = getattr(self.local, "slot", None)
         if slot is None:
             self._release_ended_threads()
-            cuda_call(self.cuda.cudaSetDevice(self.device), "cudaSetDevice")
             context = self.engine.create_execution_context()
             if context is None:
                 raise KompaktError("TensorRT create_execution_context failed (device memory?)")
@@ -149,8 +145,11 @@ class TensorRTRunner:
         """Every output for input x. copies=False skips the host<->device copies (timing of the
         engine alone; the outputs are then left on the device and returned empty)."""
         cuda = self.cuda
+        # the CUDA runtime's current device is per host thread (and the app may change it):
+        # without this, a thread that never called cudaSetDevice would make its context and
+        # buffers on device 0 and run an engine that lives elsewhere
+        cuda_call(cuda.cudaSetDevice(self.device), "cudaSetDevice")
         slot = self._slot()
-        cuda_call(cuda.cudaSetDevice(self.device), "cudaSetDevice")  # per thread, every call
         context, stream = slot.context, slot.stream
         name = self.inputs[0]
         x = np.ascontiguousarray(x, dtype=self.dtypes[name])
