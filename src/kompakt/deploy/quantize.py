@@ -165,12 +165,6 @@ def quantize_int8(
         ConfigError: unknown method or scheme, no calibration samples.
         KompaktError: ONNX Runtime cannot run the quantised graph in any form.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIB_METHODS:
@@ -182,16 +176,27 @@ def quantize_int8(
     batch, used = calibration_batch(len(calib), method)
     calib = calib[:used]
     graph = onnx.load(str(source), load_external_data=False)  # read once: names and structure
-    input_name = graph.graph.input[0].name
-    calibration = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
     result = QuantizationResult(
         Path(target).name, True, method, len(calib), scheme, scheme_requirement(scheme)
     )
     result.excluded_nodes = list(exclude or [])
+    keep_float, rebuilt = _float_nodes(graph, result)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        # skip_symbolic_shape: ORT's symbolic shape pass raises on Constant nodes that use
+        # value_ints (the dynamo exporter emits them); plain shape inference is enough here.
+        # skip_optimization when weights are rebuilt in-graph (TT convs): the optimizer would
+        # fold them into dense kernels and the INT8 file would outgrow the FP32 one.
+        quant_pre_process(
+            str(source), prepared, skip_optimization=rebuilt, skip_symbolic_shape=True
+        )
+        readers = lambda: _Reader(graph.graph.input[0].name, calib, batch)  # noqa: E731
+        return _first_runnable(prepared, target, readers, calib, keep_float, float_bias, result)
+
+
+def _float_nodes(graph: onnx.ModelProto, result: QuantizationResult) -> tuple[list[str], bool]:
+    """The nodes INT8 leaves in float (excluded, rebuilt constant weights, light MatMuls),
+    recorded with the reason in `result.kept_float`; and whether weights are rebuilt in-graph."""
     constant = sorted(n for n in constant_nodes(graph) if n)
     weighty = {n.name for n in graph.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
     result.kept_float = {
@@ -200,46 +205,51 @@ def quantize_int8(
         ],
         f"inner dimension < {MIN_INT8_INNER_DIM} (int8 is slower there)": light_matmuls(graph),
     }
-    keep_float = sorted({*result.excluded_nodes, *constant, *light_matmuls(graph)})
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = os.path.join(tmp, "prepared.onnx")
-        # skip_symbolic_shape: ORT's symbolic shape pass raises on Constant nodes that use
-        # value_ints (the dynamo exporter emits them); plain shape inference is enough here.
-        # skip_optimization when weights are rebuilt in-graph (TT convs): the optimizer would
-        # fold them into dense kernels and the INT8 file would outgrow the FP32 one.
-        quant_pre_process(
-            str(source), prepared, skip_optimization=bool(constant), skip_symbolic_shape=True
+    keep = sorted({*result.excluded_nodes, *constant, *light_matmuls(graph)})
+    return keep, bool(constant)
+
+
+def _first_runnable(prepared, target, readers, calib, keep_float, float_bias, result):
+    """Quantise per channel, else per tensor: the first form ONNX Runtime runs is kept (each
+    attempt calibrates with a fresh reader from `readers()`)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibration = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[result.calib_method]
+    for per_channel in (True, False):
+        reader = readers()
+        quantize_static(
+            prepared,
+            str(target),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=result.scheme == "portable",  # 7-bit weights; activations keep 8 bits
+            calibrate_method=calibration,
+            nodes_to_exclude=keep_float,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": not float_bias,
+            },
         )
-        for per_channel in (True, False):
-            quantize_static(
-                prepared,
-                str(target),
-                _Reader(input_name, calib, batch),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                reduce_range=scheme == "portable",  # 7-bit weights; activations keep 8 bits
-                calibrate_method=calibration,
-                nodes_to_exclude=keep_float,
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    "QuantizeBias": not float_bias,
-                },
-            )
-            failure = _runs(str(target), calib[:1], input_name)
-            if failure is None:
-                result.per_channel = per_channel
-                result.max_abs_weight = max_abs_int8_weight(onnx.load(str(target)))
-                if scheme == "portable" and result.max_abs_weight > PORTABLE_MAX_ABS_WEIGHT:
-                    raise KompaktError(
-                        f"portable INT8 weights reach |q| = {result.max_abs_weight} > "
-                        f"{PORTABLE_MAX_ABS_WEIGHT}: this onnxruntime's quantizer ignored "
-                        "reduce_range; report it and use --int8-scheme full-range on VNNI CPUs"
-                    )
-                return result
-            result.notes.append(f"per_channel={per_channel} rejected by ONNX Runtime: {failure}")
+        failure = _runs(str(target), calib[:1], reader.name)
+        if failure is None:
+            result.per_channel = per_channel
+            result.max_abs_weight = max_abs_int8_weight(onnx.load(str(target)))
+            if result.scheme == "portable" and result.max_abs_weight > PORTABLE_MAX_ABS_WEIGHT:
+                raise KompaktError(
+                    f"portable INT8 weights reach |q| = {result.max_abs_weight} > "
+                    f"{PORTABLE_MAX_ABS_WEIGHT}: this onnxruntime's quantizer ignored "
+                    "reduce_range; report it and use --int8-scheme full-range on VNNI CPUs"
+                )
+            return result
+        result.notes.append(f"per_channel={per_channel} rejected by ONNX Runtime: {failure}")
     raise KompaktError(
         f"INT8 quantisation produced a model ONNX Runtime cannot run: {result.notes[-1]}"
     )
