@@ -151,7 +151,6 @@ LONG_FUNCTIONS = {
     "kompakt.export.trt_lint::lint_trt": "one rule per TensorRT parser restriction, in order",
     "kompakt.inspect::inspect_onnx": "one row per op kind",
     "kompakt.layers.tt_conv::__init__": "argument validation of both variants",
-    "kompakt.models.surgery::compress_": "all-or-nothing replacement needs one try/except scope",
     "kompakt.runtime_bench.bench::_loadgen_all": "LoadGen's callbacks share one scope",
     "kompakt.runtime_bench.report::pareto_plot": "one matplotlib figure",
     "kompakt.search.darts::search": "the bilevel DARTS loop",

@@ -139,20 +139,34 @@ def compress_(
         a CompressionReport (per layer: old / new parameters, relative weight error; skipped
         layers with their reasons).
     """
+    targets, per_layer, filter_fn = _targets(model, config, filter_fn)
+    report = CompressionReport()
+    recorded = _record_io(model, [m for _, m in targets], calib) if calib is not None else {}
+    replacements = _twins(targets, per_layer, config, filter_fn is None, report)
+    replaced = _swap_in_(model, replacements, recorded, calib, sequential, refine_steps, report)
+    if recorded and replaced:
+        report.batchnorm_recalibrated = recalibrate_batchnorm_(model, calib)
+    return report
+
+
+def _targets(model: nn.Module, config, filter_fn):
+    """(selected (name, module) pairs, {name: config}, the filter in force) for one method's
+    config (its `plan` spreads a budget) or a per-layer plan {name: config}."""
     if isinstance(config, dict):  # a per-layer plan: {layer name: config}
         plan = dict(config)
         targets = [(n, m) for n, m in model.named_modules() if n in plan]
         missing = sorted(set(plan) - {n for n, _ in targets})
         if missing:
             raise ConfigError(f"compress_ plan names layers the model does not have: {missing}")
-        filter_fn = filter_fn or (lambda name, module: name in plan)
-        per_layer = plan
-    else:
-        select = filter_fn or default_filter
-        targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
-        per_layer = _layer_compression(config).plan(model, targets, config)
-    report = CompressionReport()
-    recorded = _record_io(model, [m for _, m in targets], calib) if calib is not None else {}
+        return targets, plan, filter_fn or (lambda name, module: name in plan)
+    select = filter_fn or default_filter
+    targets = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+    return targets, _layer_compression(config).plan(model, targets, config), filter_fn
+
+
+def _twins(targets, per_layer, config, default_filter_used: bool, report) -> list[tuple]:
+    """Every selected layer's twin, before anything in the model changes: (name, module, twin,
+    weight error); layers that cannot be converted or would not shrink go to report.skipped."""
     replacements = []
     for name, module in targets:
         layer_config = per_layer.get(name, config)
@@ -171,7 +185,7 @@ def compress_(
             continue
         new, error = result
         before, after = params(module), params(new)
-        if filter_fn is None and after > 0.9 * before:
+        if default_filter_used and after > 0.9 * before:
             report.skipped.append(
                 {"name": name, "reason": f"the twin would keep {after / before:.0%} of the weights"}
             )
@@ -180,9 +194,15 @@ def compress_(
             warnings.warn(
                 f"compressed {name} has more parameters than the dense layer ({after:,} > "
                 f"{before:,}); lower the ranks",
-                stacklevel=2,
+                stacklevel=3,
             )
         replacements.append((name, module, new, error))
+    return replacements
+
+
+def _swap_in_(model, replacements, recorded, calib, sequential, refine_steps, report) -> list:
+    """Fit each twin to its dense layer's outputs (when activations were recorded) and put it
+    in place, in order; any failure puts every dense layer back (all or nothing)."""
     replaced: list[tuple[str, nn.Module]] = []
     try:
         for name, module, new, error in replacements:
@@ -211,9 +231,7 @@ def compress_(
         for name, module in reversed(replaced):  # all or nothing, also when fitting fails
             set_submodule(model, name, module)
         raise
-    if recorded and replaced:
-        report.batchnorm_recalibrated = recalibrate_batchnorm_(model, calib)
-    return report
+    return replaced
 
 
 @torch.no_grad()
