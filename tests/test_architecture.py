@@ -146,7 +146,6 @@ LONG_FUNCTIONS = {
     "kompakt.runtime_bench.bench::run": "bench orchestration; to split plan/run/aggregate",
     "kompakt.deploy.bundle::_build_into": "deploy build; to split build/quantize/measure",
     "kompakt.deploy.bundle::build_bundle": "argument checks before the atomic build",
-    "kompakt.export.exporter::apply_tt_mode": "per-layer form choice with its record",
     "kompakt.export.exporter::export_onnx": "export -> simplify -> verify, one artefact",
     "kompakt.export.trt_lint::lint_trt": "one rule per TensorRT parser restriction, in order",
     "kompakt.inspect::inspect_onnx": "one row per op kind",

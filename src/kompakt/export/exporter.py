@@ -266,53 +266,9 @@ def apply_tt_mode(
         if shape is None:
             continue  # not reached by the example input: leave it as written
         shape = (max(batches), *shape[1:])
-        costs = module.export_costs(shape)
-        forms = module.export_forms()
-        auto = mode in ("auto", "autotune")
-        predicted = estimate(module, shape, forms) if estimate and auto else None
-        timings, chosen_by = None, None
-        if auto and predicted:
-            ranked = sorted(forms, key=lambda f: max(predicted[f].values()))
-            shortlist = [f for f in forms if f in ranked[:SHORTLIST] or f in BASELINE_FORMS]
-            form = choose_measured(predicted, forms)
-            chosen_by = "cost model calibrated on this machine (onnxruntime)"
-        elif auto:
-            shortlist = list(forms)
-            form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
-            chosen_by = "counted multiply-adds"
-        else:
-            form = mode if mode in forms else forms[0]
-        if mode == "autotune" and tune is not None:
-            timings = tune(module, shape, tuple(shortlist))
-            form = choose_measured(timings, tuple(shortlist))
-            chosen_by = "measured (onnxruntime, this machine)"
-        record = {
-            "name": name,
-            "type": type(module).__name__,
-            "form": form,
-            "params": module.core_params(),
-            "dense_params": module.dense_params(),
-            "compression": module.compression_ratio(),
-            "macs": costs.get(form, 0),
-            "costs": {f: c for f, c in costs.items() if f in BASELINE_FORMS or f == form},
-            "candidates": len(forms),
-            "input_shape": list(shape[1:]),
-            **module.export_info(),
-        }
-        if chosen_by:
-            record["chosen_by"] = chosen_by
-        if predicted:
-            keep = sorted(predicted, key=lambda f: max(predicted[f].values()))[:SHORTLIST]
-            keep = set(keep) | (set(forms) & set(BASELINE_FORMS)) | {form}
-            record["predicted_ms"] = {
-                f: {str(b): round(t * 1e3, 4) for b, t in per.items()}
-                for f, per in predicted.items()
-                if f in keep
-            }
-        if timings is not None:
-            record["timings_ms"] = {
-                f: {str(b): round(t * 1e3, 4) for b, t in per.items()} for f, per in timings.items()
-            }
+        choice = _choose_form(module, mode, shape, tune, estimate)
+        record = _form_record(name, module, shape, choice)
+        form = choice["form"]
         replacement = module.export_as(form)
         if isinstance(replacement, CompressedLayer):
             record.update(replacement.export_info())  # with the plan the form fixed
@@ -323,6 +279,74 @@ def apply_tt_mode(
                 set_submodule(model, name, replacement)
         records.append(record)
     return model, records
+
+
+def _choose_form(module, mode: str, shape: tuple, tune, estimate) -> dict:
+    """apply_tt_mode's choice for one layer at `shape`: {"form", "chosen_by", "costs",
+    "forms", "predicted", "timings"} (see apply_tt_mode for the rules)."""
+    costs = module.export_costs(shape)
+    forms = module.export_forms()
+    auto = mode in ("auto", "autotune")
+    predicted = estimate(module, shape, forms) if estimate and auto else None
+    timings, chosen_by = None, None
+    if auto and predicted:
+        ranked = sorted(forms, key=lambda f: max(predicted[f].values()))
+        shortlist = [f for f in forms if f in ranked[:SHORTLIST] or f in BASELINE_FORMS]
+        form = choose_measured(predicted, forms)
+        chosen_by = "cost model calibrated on this machine (onnxruntime)"
+    elif auto:
+        shortlist = list(forms)
+        form = min(forms, key=lambda f: (costs.get(f, math.inf), forms.index(f)))
+        chosen_by = "counted multiply-adds"
+    else:
+        form = mode if mode in forms else forms[0]
+    if mode == "autotune" and tune is not None:
+        timings = tune(module, shape, tuple(shortlist))
+        form = choose_measured(timings, tuple(shortlist))
+        chosen_by = "measured (onnxruntime, this machine)"
+    return {
+        "form": form,
+        "chosen_by": chosen_by,
+        "costs": costs,
+        "forms": forms,
+        "predicted": predicted,
+        "timings": timings,
+    }
+
+
+def _form_record(name: str, module, shape: tuple, choice: dict) -> dict:
+    """The export report's record of one layer's form choice (the estimates and timings that
+    decided it, trimmed to the shortlist, the baselines and the chosen form)."""
+    form, costs, forms = choice["form"], choice["costs"], choice["forms"]
+    predicted, timings = choice["predicted"], choice["timings"]
+    record = {
+        "name": name,
+        "type": type(module).__name__,
+        "form": form,
+        "params": module.core_params(),
+        "dense_params": module.dense_params(),
+        "compression": module.compression_ratio(),
+        "macs": costs.get(form, 0),
+        "costs": {f: c for f, c in costs.items() if f in BASELINE_FORMS or f == form},
+        "candidates": len(forms),
+        "input_shape": list(shape[1:]),
+        **module.export_info(),
+    }
+    if choice["chosen_by"]:
+        record["chosen_by"] = choice["chosen_by"]
+    if predicted:
+        keep = sorted(predicted, key=lambda f: max(predicted[f].values()))[:SHORTLIST]
+        keep = set(keep) | (set(forms) & set(BASELINE_FORMS)) | {form}
+        record["predicted_ms"] = {
+            f: {str(b): round(t * 1e3, 4) for b, t in per.items()}
+            for f, per in predicted.items()
+            if f in keep
+        }
+    if timings is not None:
+        record["timings_ms"] = {
+            f: {str(b): round(t * 1e3, 4) for b, t in per.items()} for f, per in timings.items()
+        }
+    return record
 
 
 def fixed_form(layer: nn.Module, form: str) -> nn.Module:
